@@ -1,0 +1,693 @@
+"""UnpodHook: the Unpod platform API from Airflow, over one reused ``requests`` session.
+
+Credentials come from an Airflow connection of type ``unpod`` (Host = base URL, Password = API
+token, extra ``org_handle``). Requests follow the shared protocol module: typed errors, retries
+with backoff honouring ``Retry-After``, and pagination that neither loops, skips nor duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from unpod_provider import protocol
+from unpod_provider.connection_form import CONN_TYPE, HOOK_NAME, connection_form_widgets, ui_field_behaviour
+from unpod_provider.exceptions import (
+    UnpodConfigError,
+    UnpodConnectionError,
+    UnpodCreateRunUncertainError,
+    UnpodError,
+    UnpodNotFoundError,
+    UnpodRateLimitError,
+    UnpodTimeoutError,
+    UnpodTransportError,
+)
+from unpod_provider.protocol import ClientConfig, Envelope, PageWalk, RetryPolicy
+
+if TYPE_CHECKING:
+    import requests
+
+
+def config_from_connection(conn: Any, *, conn_id: str, timeout: float | None = None) -> ClientConfig:
+    """Build the client config from an Airflow ``Connection`` (sync or async lookup alike)."""
+    try:
+        extra = conn.extra_dejson
+    except Exception:  # noqa: BLE001 - a broken extra is a config error, not a crash
+        raise UnpodConfigError(f"Connection '{conn_id}': extra is not valid JSON") from None
+    config = ClientConfig.from_connection_fields(
+        conn_id=conn_id,
+        host=conn.host,
+        password=conn.password,
+        extra=extra,
+        port=conn.port,
+        schema=conn.schema,
+        timeout=timeout,
+    )
+    _mask(config.token)
+    return config
+
+
+def _mask(token: str) -> None:
+    """Register the token with Airflow's log masker (the worker does too; this covers the rest)."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs
+        return
+    with contextlib.suppress(Exception):  # best effort outside a task runner
+        mask_secret(token)
+
+
+class UnpodHook(BaseHook):
+    """Talks to the Unpod platform API.
+
+    :param unpod_conn_id: Airflow connection of type ``unpod``.
+    :param retry_limit: attempts per request (1 = no retry).
+    :param retry_delay: base of the exponential backoff, in seconds.
+    :param timeout: read timeout per request in seconds (default: the connection's, else 30).
+    :param max_retry_seconds: cap on the total time one request may spend retrying.
+    """
+
+    conn_name_attr = "unpod_conn_id"
+    default_conn_name = "unpod_default"
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
+
+    def __init__(
+        self,
+        unpod_conn_id: str = default_conn_name,
+        *,
+        retry_limit: int = 5,
+        retry_delay: float = 1.0,
+        timeout: float | None = None,
+        max_retry_seconds: float = 600.0,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(logger_name=logger_name)
+        if not isinstance(unpod_conn_id, str) or not unpod_conn_id:
+            raise ValueError("unpod_conn_id must be a non-empty string")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.unpod_conn_id = unpod_conn_id
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy(
+            max_attempts=retry_limit, base_delay=retry_delay, max_total_seconds=max_retry_seconds
+        )
+        self._session: requests.Session | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(unpod_conn_id={self.unpod_conn_id!r})"
+
+    # ---- Airflow UI -------------------------------------------------------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Connection form behaviour for Airflow 3.0/3.1 (3.2+ reads the provider-info dict)."""
+        return ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra connection fields for Airflow 3.0/3.1 (3.2+ reads the provider-info dict)."""
+        return connection_form_widgets()
+
+    # ---- connection and session --------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> ClientConfig:
+        """Validated settings from the Airflow connection, read once, on first use."""
+        conn = self.get_connection(self.unpod_conn_id)
+        return config_from_connection(conn, conn_id=self.unpod_conn_id, timeout=self.timeout)
+
+    def get_conn(self) -> requests.Session:
+        """The hook's one ``requests.Session``, created on first use."""
+        if self._session is None:
+            import requests
+
+            session = requests.Session()
+            session.headers.update(self.config.headers())
+            session.verify = self.config.verify
+            session.trust_env = True
+            self._session = session
+            if not self.config.verify:
+                self.log.warning(
+                    "TLS certificate verification is OFF for connection '%s' (extra verify: false)",
+                    self.unpod_conn_id,
+                )
+        return self._session
+
+    def close(self) -> None:
+        """Close the session (idempotent)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> UnpodHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transport -----------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None, json_body: Any
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One HTTP exchange; transport failures become typed, token-free errors."""
+        import requests
+
+        session = self.get_conn()
+        url = self.config.url(path)
+        try:
+            response = session.request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                timeout=(self.config.connect_timeout, self.config.timeout),
+                allow_redirects=False,
+            )
+            body = response.content
+        except requests.exceptions.ConnectTimeout:
+            raise UnpodTimeoutError(
+                f"connecting to {self.config.base_url} timed out after {self.config.connect_timeout:g}s",
+            ).with_sent(False) from None
+        except requests.exceptions.Timeout:
+            raise UnpodTimeoutError(
+                f"{method} {path} got no answer within the read timeout of {self.config.timeout:g}s"
+            ).with_sent(True) from None
+        except requests.exceptions.ConnectionError as err:
+            sent = not _is_connect_failure(err)
+            reason = "could not connect to" if not sent else "lost the connection to"
+            raise UnpodConnectionError(
+                f"{method} {path}: {reason} {self.config.base_url} ({type(err).__name__})"
+            ).with_sent(sent) from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as err:
+            raise UnpodConnectionError(
+                f"{method} {path}: the response body was cut off ({type(err).__name__})"
+            ).with_sent(True) from None
+        return response.status_code, body, response.headers
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        expect_list: bool = False,
+        resource: str | None = None,
+        identifier: str | None = None,
+        retryable: Callable[[BaseException], bool] | None = None,
+    ) -> Envelope:
+        """Send with the retry policy and parse the answer into an envelope."""
+        import tenacity
+
+        from unpod_provider._retry import tenacity_kwargs
+
+        def attempt() -> Envelope:
+            status, body, headers = self._send(method, path, params=params, json_body=json_body)
+            return protocol.parse_response(
+                status,
+                body,
+                headers,
+                what=what,
+                expect_list=expect_list,
+                resource=resource,
+                identifier=identifier,
+                method=method,
+            )
+
+        retrying = tenacity.Retrying(
+            **tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}", retryable)
+        )
+        return retrying(attempt)
+
+    def _paginate(
+        self,
+        path: str,
+        *,
+        page_size: int,
+        id_key: str,
+        what: str,
+        resource: str,
+        identifier: str,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every item of a paginated list once, page by page, in API order."""
+        walk = PageWalk(page_size=page_size, id_key=id_key, what=what)
+        while (page := walk.next_page()) is not None:
+            try:
+                envelope = self._call(
+                    "GET",
+                    path,
+                    what=f"{what} (page {page})",
+                    params=protocol.page_params(page, page_size),
+                    expect_list=True,
+                    resource=resource,
+                    identifier=identifier,
+                )
+            except UnpodNotFoundError:
+                if walk.end_on_not_found(page):
+                    break
+                raise
+            yield from walk.feed(page, envelope)
+        for note in walk.notes:
+            self.log.warning("Unpod %s: %s", what, note)
+
+    # ---- endpoints -------------------------------------------------------------------------------
+
+    def list_organizations(self) -> list[dict[str, Any]]:
+        """Organizations the token's user belongs to."""
+        envelope = self._call(
+            "GET", protocol.organizations_path(), what="the organizations list", expect_list=True
+        )
+        return list(envelope.data)
+
+    def list_spaces(self) -> list[dict[str, Any]]:
+        """Spaces of the connection's organization (the endpoint is not paginated)."""
+        envelope = self._call(
+            "GET",
+            protocol.spaces_path(),
+            what=f"the spaces of org '{self.config.org_handle}'",
+            expect_list=True,
+            resource="organization",
+            identifier=self.config.org_handle,
+        )
+        return list(envelope.data)
+
+    def get_space(self, space_token: str) -> dict[str, Any]:
+        """One space, with its agents."""
+        path = protocol.space_path(space_token)
+        envelope = self._call(
+            "GET", path, what=f"space '{space_token}'", resource="space", identifier=space_token
+        )
+        return dict(envelope.data)
+
+    def iter_space_tasks(
+        self,
+        space_token: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every task of a space, lazily, page by page (newest first)."""
+        path = protocol.space_tasks_path(space_token)
+        statuses = protocol.normalize_statuses(status)
+        protocol.validate_page_size(page_size)
+        items = self._paginate(
+            path,
+            page_size=page_size,
+            id_key="task_id",
+            what=f"tasks of space '{space_token}'",
+            resource="space",
+            identifier=space_token,
+        )
+        return (t for t in items if protocol.status_matches(t, statuses))
+
+    def list_space_tasks(
+        self,
+        space_token: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every task of a space; ``status`` filters on the task's own status, on the client."""
+        return list(self.iter_space_tasks(space_token, page_size=page_size, status=status))
+
+    def iter_space_runs(
+        self,
+        space_token: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every run of a space, lazily (newest first)."""
+        path = protocol.space_runs_path(space_token)
+        statuses = protocol.normalize_statuses(status)
+        protocol.validate_page_size(page_size)
+        items = self._paginate(
+            path,
+            page_size=page_size,
+            id_key="run_id",
+            what=f"runs of space '{space_token}'",
+            resource="space",
+            identifier=space_token,
+        )
+        return (r for r in items if protocol.status_matches(r, statuses))
+
+    def list_space_runs(
+        self,
+        space_token: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every run of a space; ``status`` filters on the run's own status, on the client."""
+        return list(self.iter_space_runs(space_token, page_size=page_size, status=status))
+
+    def find_run(
+        self, space_token: str, run_id: str, *, page_size: int = protocol.DEFAULT_PAGE_SIZE
+    ) -> dict[str, Any] | None:
+        """The run with ``run_id``, paging through the space's runs until found; None if absent."""
+        protocol.validate_identifier(run_id, "run_id")
+        for run in self.iter_space_runs(space_token, page_size=page_size):
+            if run.get("run_id") == run_id:
+                return run
+        return None
+
+    def get_run(
+        self, space_token: str, run_id: str, *, page_size: int = protocol.DEFAULT_PAGE_SIZE
+    ) -> dict[str, Any]:
+        """The run with ``run_id``; ``UnpodNotFoundError`` when the space has no such run."""
+        run = self.find_run(space_token, run_id, page_size=page_size)
+        if run is None:
+            raise UnpodNotFoundError(
+                f"Run '{run_id}' not found in the runs of space '{space_token}'",
+                resource="run",
+                identifier=run_id,
+                status_code=None,
+            )
+        return run
+
+    def iter_run_tasks(
+        self,
+        space_token: str,
+        run_id: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every task of a run, full detail, lazily. An unknown run id yields nothing."""
+        path = protocol.run_tasks_path(space_token, run_id)
+        statuses = protocol.normalize_statuses(status)
+        protocol.validate_page_size(page_size)
+        items = self._paginate(
+            path,
+            page_size=page_size,
+            id_key="task_id",
+            what=f"tasks of run '{run_id}' in space '{space_token}'",
+            resource="run",
+            identifier=run_id,
+        )
+        return (t for t in items if protocol.status_matches(t, statuses))
+
+    def list_run_tasks(
+        self,
+        space_token: str,
+        run_id: str,
+        *,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+        status: str | Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every task of a run; ``status`` filters on the task's own status, on the client."""
+        return list(self.iter_run_tasks(space_token, run_id, page_size=page_size, status=status))
+
+    def create_run(
+        self,
+        space_token: str,
+        *,
+        pilot: str,
+        context: str,
+        documents: Sequence[Mapping[str, Any]],
+        schedule: Any = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Start a run: one task per document. Returns ``{"run_id", "task_ids", "status", ...}``.
+
+        Posts to the documented path, and to the server's path only if that answers 404/405 (so
+        nothing was created). Never retried once the request may have reached the server.
+        """
+        documented, server_path = protocol.create_run_paths(space_token)
+        body = protocol.build_create_run_body(
+            pilot=pilot, context=context, documents=documents, schedule=schedule, filters=filters
+        )
+        last_error: UnpodError | None = None
+        for path in (documented, server_path):
+            try:
+                envelope = self._call(
+                    "POST",
+                    path,
+                    what=f"creating a run in space '{space_token}'",
+                    json_body=body,
+                    resource="space",
+                    identifier=space_token,
+                    retryable=_safe_to_retry_create,
+                )
+            except UnpodError as err:
+                if err.status_code in (404, 405) and path == documented:
+                    self.log.info(
+                        "Create path %s answered %s; trying %s", documented, err.status_code, server_path
+                    )
+                    last_error = err
+                    continue
+                if _may_have_reached_server(err):
+                    raise UnpodCreateRunUncertainError(
+                        f"Creating a run in space '{space_token}' failed after the request may have reached "
+                        f"the server ({err}); the run may or may not exist. Check the space's runs "
+                        "(ListSpaceRunsOperator or UnpodHook.list_space_runs) before starting it again.",
+                        status_code=err.status_code,
+                        server_message=err.server_message,
+                    ) from None
+                raise
+            result = protocol.parse_create_run_data(envelope.data)
+            self.log.info(
+                "Created run %s in space %s with %d tasks",
+                result["run_id"],
+                space_token,
+                len(result["task_ids"]),
+            )
+            return result
+        assert last_error is not None
+        raise last_error
+
+    # ---- Test button -------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The UI's Test button: is the token valid and the org handle one of its orgs?"""
+        try:
+            config = self.config
+        except UnpodConfigError as err:
+            return False, str(err)
+        except Exception as err:  # noqa: BLE001 - the UI wants a message, not a traceback
+            return False, f"Could not read connection '{self.unpod_conn_id}': {type(err).__name__}"
+        quick = UnpodHook(self.unpod_conn_id, retry_limit=2, retry_delay=0.5, timeout=min(config.timeout, 15))
+        quick.config = config  # reuse what was just read; no second lookup
+        try:
+            orgs = quick.list_organizations()
+            handles = [str(o.get("domain_handle")) for o in orgs if isinstance(o, Mapping)]
+            if config.org_handle not in handles:
+                known = ", ".join(repr(h) for h in handles[:10]) or "none"
+                return False, (
+                    f"The API token works, but org handle '{config.org_handle}' is not one of its "
+                    f"organizations ({known})"
+                )
+            spaces = quick.list_spaces()
+        except UnpodError as err:
+            return False, str(err)
+        finally:
+            quick.close()
+        return True, f"Connected to org '{config.org_handle}' ({len(spaces)} spaces)"
+
+
+def _is_connect_failure(err: Exception) -> bool:
+    """True when requests failed before the request could be sent (refused, DNS, connect)."""
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NewConnectionError, NameResolutionError, ConnectionRefusedError)):
+            return True
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            current = reason
+            continue
+        args = getattr(current, "args", ())
+        nested = next((a for a in args if isinstance(a, BaseException)), None)
+        current = nested or current.__cause__ or current.__context__
+    return False
+
+
+def _safe_to_retry_create(error: BaseException) -> bool:
+    """A create may be retried only if the server certainly did not process it."""
+    if isinstance(error, UnpodRateLimitError):
+        return True
+    return isinstance(error, UnpodTransportError) and not error.request_sent
+
+
+def _may_have_reached_server(error: UnpodError) -> bool:
+    if isinstance(error, UnpodTransportError):
+        return error.request_sent
+    return error.status_code is not None and error.status_code >= 500
+
+
+class UnpodAsyncHook(BaseHook):
+    """The async twin used by triggers: ``httpx.AsyncClient``, async connection lookup.
+
+    It never blocks the event loop: the connection is read with ``aget_connection`` and every
+    request and retry sleep is awaited. Same protocol module, retry policy and errors as
+    ``UnpodHook``. Use it as ``async with UnpodAsyncHook(...) as hook:`` so the client is closed.
+    """
+
+    conn_name_attr = "unpod_conn_id"
+    default_conn_name = "unpod_default"
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
+
+    def __init__(
+        self,
+        unpod_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(logger_name=logger_name)
+        self.unpod_conn_id = unpod_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.timeout = timeout
+        self._config: ClientConfig | None = None
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(unpod_conn_id={self.unpod_conn_id!r})"
+
+    async def aconfig(self) -> ClientConfig:
+        """Read and validate the connection without blocking the loop (once)."""
+        if self._config is None:
+            getter = getattr(BaseHook, "aget_connection", None)
+            if getter is not None:
+                conn = await getter(self.unpod_conn_id)
+            else:  # pragma: no cover - task SDKs without the async lookup
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(BaseHook.get_connection)(self.unpod_conn_id)
+            self._config = config_from_connection(conn, conn_id=self.unpod_conn_id, timeout=self.timeout)
+        return self._config
+
+    async def _aclient(self) -> Any:
+        if self._client is None:
+            import httpx
+
+            config = await self.aconfig()
+            self._client = httpx.AsyncClient(
+                base_url=config.base_url,
+                headers=config.headers(),
+                verify=config.verify,
+                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (idempotent)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def __aenter__(self) -> UnpodAsyncHook:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _asend(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        import httpx
+
+        client = await self._aclient()
+        try:
+            response = await client.request(method, path, params=params)
+        except httpx.ConnectTimeout:
+            raise UnpodTimeoutError(f"connecting to {self._config_base()} timed out").with_sent(
+                False
+            ) from None
+        except httpx.TimeoutException:
+            raise UnpodTimeoutError(f"{method} {path} got no answer within the read timeout").with_sent(
+                True
+            ) from None
+        except httpx.ConnectError as err:
+            raise UnpodConnectionError(
+                f"{method} {path}: could not connect to {self._config_base()} ({type(err).__name__})"
+            ).with_sent(False) from None
+        except (httpx.TransportError, httpx.DecodingError) as err:
+            raise UnpodConnectionError(
+                f"{method} {path}: lost the connection or the body was cut off ({type(err).__name__})"
+            ).with_sent(True) from None
+        return response.status_code, response.content, response.headers
+
+    def _config_base(self) -> str:
+        return self._config.base_url if self._config else "the Unpod server"
+
+    async def _acall(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, Any] | None = None,
+        expect_list: bool = False,
+        resource: str | None = None,
+        identifier: str | None = None,
+    ) -> Envelope:
+        import tenacity
+
+        from unpod_provider._retry import tenacity_kwargs
+
+        retrying = tenacity.AsyncRetrying(**tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}"))
+        async for attempt in retrying:
+            with attempt:
+                status, body, headers = await self._asend(method, path, params=params)
+                return protocol.parse_response(
+                    status,
+                    body,
+                    headers,
+                    what=what,
+                    expect_list=expect_list,
+                    resource=resource,
+                    identifier=identifier,
+                    method=method,
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def aiter_space_runs(self, space_token: str, *, page_size: int = protocol.DEFAULT_PAGE_SIZE) -> Any:
+        """Async iterator over a space's runs, page by page (newest first)."""
+        path = protocol.space_runs_path(space_token)
+        what = f"runs of space '{space_token}'"
+        walk = PageWalk(page_size=page_size, id_key="run_id", what=what)
+        while (page := walk.next_page()) is not None:
+            try:
+                envelope = await self._acall(
+                    "GET",
+                    path,
+                    what=f"{what} (page {page})",
+                    params=protocol.page_params(page, page_size),
+                    expect_list=True,
+                    resource="space",
+                    identifier=space_token,
+                )
+            except UnpodNotFoundError:
+                if walk.end_on_not_found(page):
+                    break
+                raise
+            for run in walk.feed(page, envelope):
+                yield run
+        for note in walk.notes:
+            self.log.warning("Unpod %s: %s", what, note)
+
+    async def afind_run(
+        self, space_token: str, run_id: str, *, page_size: int = protocol.DEFAULT_PAGE_SIZE
+    ) -> dict[str, Any] | None:
+        """The run with ``run_id`` or None, paging until found."""
+        protocol.validate_identifier(run_id, "run_id")
+        async for run in self.aiter_space_runs(space_token, page_size=page_size):
+            if run.get("run_id") == run_id:
+                return dict(run)
+        return None
