@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
 from unpod_provider import protocol
+from unpod_provider._compat import BaseHook
 from unpod_provider.connection_form import CONN_TYPE, HOOK_NAME, connection_form_widgets, ui_field_behaviour
 from unpod_provider.exceptions import (
     UnpodConfigError,
