@@ -21,6 +21,7 @@ from unpod_provider.exceptions import (
     UnpodCreateRunUncertainError,
     UnpodError,
     UnpodNotFoundError,
+    UnpodProtocolError,
     UnpodRateLimitError,
     UnpodTimeoutError,
     UnpodTransportError,
@@ -180,6 +181,11 @@ class UnpodHook(BaseHook):
                 f"{method} {path} got no answer within the read timeout of {self.config.timeout:g}s"
             ).with_sent(True) from None
         except requests.exceptions.ConnectionError as err:
+            if _is_read_timeout(err):  # requests reports a timeout while reading the body this way
+                raise UnpodTimeoutError(
+                    f"{method} {path}: the response body did not arrive within the read timeout of "
+                    f"{self.config.timeout:g}s"
+                ).with_sent(True) from None
             sent = not _is_connect_failure(err)
             reason = "could not connect to" if not sent else "lost the connection to"
             raise UnpodConnectionError(
@@ -437,6 +443,7 @@ class UnpodHook(BaseHook):
                     identifier=space_token,
                     retryable=_safe_to_retry_create,
                 )
+                result = protocol.parse_create_run_data(envelope.data)
             except UnpodError as err:
                 if err.status_code in (404, 405) and path == documented:
                     self.log.info(
@@ -453,7 +460,6 @@ class UnpodHook(BaseHook):
                         server_message=err.server_message,
                     ) from None
                 raise
-            result = protocol.parse_create_run_data(envelope.data)
             self.log.info(
                 "Created run %s in space %s with %d tasks",
                 result["run_id"],
@@ -497,11 +503,23 @@ def _is_connect_failure(err: Exception) -> bool:
     """True when requests failed before the request could be sent (refused, DNS, connect)."""
     from urllib3.exceptions import NameResolutionError, NewConnectionError
 
+    return _chain_has(err, (NewConnectionError, NameResolutionError, ConnectionRefusedError))
+
+
+def _is_read_timeout(err: Exception) -> bool:
+    """True when a requests ``ConnectionError`` wraps urllib3's read timeout (body too slow)."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return _chain_has(err, (ReadTimeoutError,))
+
+
+def _chain_has(err: Exception, types: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``err`` or an error it wraps (reason, args, cause, context) is one of ``types``."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (NewConnectionError, NameResolutionError, ConnectionRefusedError)):
+        if isinstance(current, types):
             return True
         reason = getattr(current, "reason", None)
         if isinstance(reason, BaseException):
@@ -523,6 +541,9 @@ def _safe_to_retry_create(error: BaseException) -> bool:
 def _may_have_reached_server(error: UnpodError) -> bool:
     if isinstance(error, UnpodTransportError):
         return error.request_sent
+    if isinstance(error, UnpodProtocolError):
+        # A success status with an unreadable (empty, cut, odd) body: the run was probably created.
+        return error.status_code is None or 200 <= error.status_code < 300
     return error.status_code is not None and error.status_code >= 500
 
 
