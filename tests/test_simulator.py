@@ -1,0 +1,997 @@
+"""Tests of the local Unpod simulator, over real HTTP (``requests`` and ``httpx``).
+
+What a client actually observes is checked: status codes, bodies, headers, and the exceptions the
+two HTTP libraries raise for the injected faults (cut bodies, dropped connections, slow answers).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+from unpod_provider import protocol
+from unpod_provider.testing import (
+    DEMO_AGENT_HANDLE,
+    DEMO_SPACE_RUNS,
+    DEMO_SPACE_TASKS,
+    DEMO_SPACE_TOKEN,
+    FAULT_KINDS,
+    SIM_ORG_HANDLE,
+    SIM_OTHER_ORG_HANDLE,
+    SIM_TOKEN,
+    SimulatorClient,
+    SimulatorControlError,
+    UnpodSimulator,
+)
+
+SAMPLES = Path("/work/shared/samples")
+TASK_ID_RE = re.compile(r"^T[0-9a-f]{32}$")
+RUN_ID_RE = re.compile(r"^R[0-9a-f]{32}$")
+SPACE_TOKEN_RE = re.compile(r"^[A-Z0-9]{24}$")
+INVALID_SPACE = {"status_code": 206, "message": "Invalid Space Token", "data": {}}
+INVALID_TOKEN = {"message": "Invalid token.", "status_code": 401}
+MISSING_ORG = {
+    "status_code": 400,
+    "message": "Organization handle is required in Org-Handle header",
+    "data": {},
+}
+
+
+def sample(name: str) -> Any:
+    """A contract sample when the shared folder is there, else None (tests then use literals)."""
+    path = SAMPLES / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+class Api:
+    """URLs and headers for one simulator."""
+
+    def __init__(self, sim: UnpodSimulator, scheme: str = "Token") -> None:
+        self.sim = sim
+        self.headers = {
+            "Authorization": f"{scheme} {SIM_TOKEN}",
+            "Org-Handle": SIM_ORG_HANDLE,
+            "Accept": "application/json",
+        }
+
+    def url(self, path: str) -> str:
+        return self.sim.base_url + path
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        headers = kwargs.pop("headers", self.headers)
+        kwargs.setdefault("timeout", 10)
+        return requests.get(self.url(path), headers=headers, allow_redirects=False, **kwargs)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        headers = kwargs.pop("headers", self.headers)
+        kwargs.setdefault("timeout", 10)
+        return requests.post(self.url(path), json=body, headers=headers, allow_redirects=False, **kwargs)
+
+
+@pytest.fixture
+def sim(unpod_simulator_shared: UnpodSimulator) -> UnpodSimulator:
+    """The session simulator, reset to its seeded state (fixture from the pytest plugin)."""
+    return unpod_simulator_shared
+
+
+@pytest.fixture
+def api(sim: UnpodSimulator) -> Api:
+    return Api(sim)
+
+
+def demo_tasks_path() -> str:
+    return protocol.space_tasks_path(DEMO_SPACE_TOKEN)
+
+
+def demo_runs_path() -> str:
+    return protocol.space_runs_path(DEMO_SPACE_TOKEN)
+
+
+def documents(n: int) -> list[dict[str, Any]]:
+    return [
+        {"name": f"Contact {i}", "contact_number": f"+91990011{i:04d}", "document_id": f"doc-{i}"}
+        for i in range(n)
+    ]
+
+
+# ============================================================================================
+# Endpoints, envelopes, error bodies
+# ============================================================================================
+
+
+def test_organizations_envelope(api: Api) -> None:
+    response = api.get(protocol.organizations_path())
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["count", "status_code", "message", "data"]
+    assert body["count"] == 2 and body["status_code"] == 200
+    assert {org["domain_handle"] for org in body["data"]} == {SIM_ORG_HANDLE, SIM_OTHER_ORG_HANDLE}
+    assert set(body["data"][0]) == {"name", "token", "domain", "domain_handle", "is_private_domain", "role"}
+
+
+def test_spaces_list_per_org(api: Api) -> None:
+    body = api.get(protocol.spaces_path()).json()
+    assert body["status_code"] == 200 and body["message"] == "Spaces fetched successfully"
+    tokens = [space["token"] for space in body["data"]]
+    assert body["count"] == len(tokens) == 4
+    assert DEMO_SPACE_TOKEN in tokens
+    assert all(SPACE_TOKEN_RE.match(token) for token in tokens)
+    shape = sample("spaces_list.json")
+    expected_keys = set(shape["data"][0]) if shape else set(body["data"][0])
+    assert all(set(space) == expected_keys for space in body["data"])
+    assert all(space["organization"]["domain_handle"] == SIM_ORG_HANDLE for space in body["data"])
+
+    other = api.get(
+        protocol.spaces_path(), headers={**api.headers, "Org-Handle": SIM_OTHER_ORG_HANDLE}
+    ).json()
+    assert other["count"] == 1 and other["data"][0]["organization"]["domain_handle"] == SIM_OTHER_ORG_HANDLE
+
+    unknown = api.get(protocol.spaces_path(), headers={**api.headers, "Org-Handle": "nope"})
+    assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize("path", [protocol.spaces_path(), protocol.space_path(DEMO_SPACE_TOKEN)])
+def test_missing_org_handle_is_400(api: Api, path: str) -> None:
+    headers = {k: v for k, v in api.headers.items() if k != "Org-Handle"}
+    response = api.get(path, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == (sample("error_400_missing_org.json") or MISSING_ORG)
+
+
+def test_org_handle_not_needed_on_runs_and_tasks(api: Api) -> None:
+    headers = {k: v for k, v in api.headers.items() if k != "Org-Handle"}
+    assert api.get(demo_runs_path(), headers=headers).status_code == 200
+    assert api.get(demo_tasks_path(), headers=headers).status_code == 200
+
+
+def test_get_space_detail_and_404(api: Api) -> None:
+    body = api.get(protocol.space_path(DEMO_SPACE_TOKEN)).json()
+    assert body["status_code"] == 200 and "count" not in body
+    data = body["data"]
+    assert data["token"] == DEMO_SPACE_TOKEN
+    assert DEMO_AGENT_HANDLE in [agent["handle"] for agent in data["agents"]]
+    assert set(data["agents"][0]) == {"name", "handle", "type"}
+    assert protocol.parse_timestamp(data["created"]) and protocol.parse_timestamp(data["modified"])
+
+    missing = api.get(protocol.space_path("NOSUCHSPACE0000000000000"))
+    assert missing.status_code == 404
+    assert missing.json() == (sample("error_404_space.json") or {"message": "Space not found"})
+
+    globex = api.sim.space_tokens(SIM_OTHER_ORG_HANDLE)[0]
+    assert api.get(protocol.space_path(globex)).status_code == 404  # another org's space
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        protocol.space_tasks_path("NOSUCHSPACE0000000000000"),
+        protocol.space_runs_path("NOSUCHSPACE0000000000000"),
+        protocol.run_tasks_path("NOSUCHSPACE0000000000000", "R" + "0" * 32),
+    ],
+)
+def test_unknown_space_is_206(api: Api, path: str) -> None:
+    response = api.get(path)
+    assert response.status_code == 206
+    assert response.json() == (sample("error_206_invalid_space.json") or INVALID_SPACE)
+
+
+def test_unknown_run_is_empty_200(api: Api) -> None:
+    body = api.get(protocol.run_tasks_path(DEMO_SPACE_TOKEN, "R" + "0" * 32)).json()
+    assert body == {"count": 0, "status_code": 200, "message": "Tasks Fetched Successfully", "data": []}
+
+
+@pytest.mark.parametrize("authorization", [None, "Token wrong", f"Basic {SIM_TOKEN}", SIM_TOKEN, "Token"])
+def test_bad_or_missing_token_is_401(api: Api, authorization: str | None) -> None:
+    headers = {k: v for k, v in api.headers.items() if k != "Authorization"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    for path in (protocol.organizations_path(), demo_runs_path(), protocol.space_path(DEMO_SPACE_TOKEN)):
+        response = api.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.json() == (sample("error_401_invalid_token.json") or INVALID_TOKEN)
+
+
+@pytest.mark.parametrize("scheme", ["Token", "Bearer", "JWT", "token"])
+def test_auth_schemes(sim: UnpodSimulator, scheme: str) -> None:
+    assert Api(sim, scheme).get(demo_runs_path()).status_code == 200
+
+
+def test_slashless_paths_redirect_301(api: Api) -> None:
+    response = api.get(demo_tasks_path().rstrip("/"), params={"page": 2, "page_size": 5})
+    assert response.status_code == 301
+    assert response.headers["location"] == demo_tasks_path() + "?page=2&page_size=5"
+    post = api.post(protocol.create_run_paths(DEMO_SPACE_TOKEN)[0].rstrip("/"), {})
+    assert post.status_code == 301
+    assert api.sim.create_count == 0
+    followed = requests.get(
+        api.url(protocol.organizations_path().rstrip("/")), headers=api.headers, timeout=5
+    )
+    assert followed.status_code == 200 and followed.json()["count"] == 2
+
+
+def test_unknown_path_is_html_404(api: Api) -> None:
+    response = api.get(protocol.API_PREFIX + "nothing/here/")
+    assert response.status_code == 404 and "text/html" in response.headers["content-type"]
+
+
+# ============================================================================================
+# Pagination
+# ============================================================================================
+
+
+def test_pagination_defaults_and_past_the_end(api: Api) -> None:
+    first = api.get(demo_tasks_path()).json()
+    assert first["count"] == DEMO_SPACE_TASKS and len(first["data"]) == protocol.SERVER_DEFAULT_PAGE_SIZE
+    pages = [api.get(demo_tasks_path(), params={"page": p, "page_size": 50}).json() for p in (1, 2, 3, 4)]
+    assert [len(p["data"]) for p in pages] == [50, 50, 40, 0]
+    assert all(p["count"] == DEMO_SPACE_TASKS and p["status_code"] == 200 for p in pages)
+    ids = [task["task_id"] for p in pages for task in p["data"]]
+    assert len(ids) == len(set(ids)) == DEMO_SPACE_TASKS
+    assert ids == [task["task_id"] for task in api.sim.space_tasks(DEMO_SPACE_TOKEN)]
+    assert first["data"] == pages[0]["data"]
+
+    created = [t["created"] for p in pages for t in p["data"]]
+    assert created == sorted(created, reverse=True)  # newest first (same format: text order = time order)
+
+    everything = api.get(demo_tasks_path(), params={"page_size": 0}).json()
+    assert len(everything["data"]) == DEMO_SPACE_TASKS
+
+    for bad in ({"page": "x", "page_size": "y"}, {"page": "1.5", "page_size": ""}):
+        body = api.get(demo_tasks_path(), params=bad).json()
+        assert body["data"] == first["data"]
+
+    runs = api.get(demo_runs_path(), params={"page": 1, "page_size": 10}).json()
+    assert runs["count"] == DEMO_SPACE_RUNS and len(runs["data"]) == 10
+    assert api.get(demo_runs_path(), params={"page": 9, "page_size": 10}).json()["data"] == []
+
+
+def test_runs_list_shape(api: Api) -> None:
+    body = api.get(demo_runs_path()).json()
+    assert body["message"] == "Runs Fetched Successfully"
+    shape = sample("runs_list.json")
+    keys = set(shape["data"][0]) if shape else set(body["data"][0])
+    statuses = set()
+    for run in body["data"]:
+        assert set(run) == keys
+        assert RUN_ID_RE.match(run["run_id"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", run["created"])
+        statuses.add(run["status"])
+    assert statuses == set(protocol.RUN_STATUSES_TERMINAL)
+    created = [run["created"] for run in body["data"]]
+    assert created == sorted(created, reverse=True)
+
+
+def test_page_size_cap(api: Api) -> None:
+    api.sim.page_size_cap = 100
+    body = api.get(demo_tasks_path(), params={"page_size": 500}).json()
+    assert len(body["data"]) == 100 and body["count"] == DEMO_SPACE_TASKS
+    second = api.get(demo_tasks_path(), params={"page": 2, "page_size": 500}).json()
+    assert len(second["data"]) == 40
+    assert len(api.get(demo_tasks_path(), params={"page_size": 0}).json()["data"]) == 100
+
+
+def test_not_found_past_end(api: Api) -> None:
+    api.sim.not_found_past_end = True
+    assert api.get(demo_tasks_path(), params={"page": 3, "page_size": 50}).status_code == 200
+    past = api.get(demo_tasks_path(), params={"page": 4, "page_size": 50})
+    assert past.status_code == 404
+    empty = api.sim.add_space(0, name="nothing here")
+    assert api.get(protocol.space_tasks_path(empty), params={"page": 1}).json()["data"] == []
+
+
+def test_summary_status_filter(api: Api) -> None:
+    body = api.get(demo_tasks_path(), params={"status": "Call Back", "page_size": 0}).json()
+    assert body["count"] == len(body["data"]) > 0
+    assert {t["output"]["post_call_data"]["summary"]["status"] for t in body["data"]} == {"Call Back"}
+
+
+# ============================================================================================
+# Data: shape, realism, determinism, lazy big spaces
+# ============================================================================================
+
+
+def test_task_shape_and_content(sim: UnpodSimulator) -> None:
+    tasks = sim.space_tasks(DEMO_SPACE_TOKEN)
+    run_ids = {run["run_id"] for run in sim.space_runs(DEMO_SPACE_TOKEN)}
+    shape = sample("run_tasks_completed_call.json")
+    keys = set(shape["data"][0]) | {"run_mode"} if shape else None
+    texts = []
+    statuses = set()
+    for task in tasks:
+        if keys:
+            assert set(task) == keys
+        assert TASK_ID_RE.match(task["task_id"]) and task["run_id"] in run_ids
+        assert task["user_info"]["user_token"] and task["user_info"]["location"]["country"]
+        assert task["assignee"] == DEMO_AGENT_HANDLE and task["execution_type"] == "call"
+        statuses.add(task["status"])
+        output = task["output"]
+        if task["status"] == "completed":
+            assert isinstance(output["duration"], float) and isinstance(output["cost"], float)
+            assert output["post_call_data"]["summary"]["status"]
+            assert output["post_call_data"]["classification"]["labels"]
+            texts += [turn["content"] for turn in output["transcript"]]
+        elif task["status"] == "failed":
+            assert list(output) == ["error"]
+        else:
+            assert output == {}
+    assert {"completed", "failed"} <= statuses
+    joined = " ".join(texts)
+    assert re.search("[\u0900-\u097f]", joined)  # Hindi
+    assert re.search("[\U0001f300-\U0001faff]", joined)  # emoji
+    assert re.search("[éèçüöñ]", joined)  # accents
+
+
+def test_unicode_is_sent_as_utf8(api: Api) -> None:
+    raw = api.get(demo_tasks_path(), params={"page_size": 0}).content
+    assert "नमस्ते".encode() in raw or "हाँ".encode() in raw
+
+
+def test_same_seed_same_data_other_seed_other_data() -> None:
+    with UnpodSimulator(seed=7) as one, UnpodSimulator(seed=7) as two, UnpodSimulator(seed=8) as three:
+        assert one.space_tasks(DEMO_SPACE_TOKEN) == two.space_tasks(DEMO_SPACE_TOKEN)
+        assert one.space_tokens() == two.space_tokens()
+        assert one.space_tasks(DEMO_SPACE_TOKEN) != three.space_tasks(DEMO_SPACE_TOKEN)
+        assert DEMO_SPACE_TOKEN in three.space_tokens()
+
+
+def test_lazy_big_space_serves_page_1000_quickly(api: Api) -> None:
+    started = time.perf_counter()
+    token = api.sim.add_space(n_tasks=100_000, name="Big campaign", statuses=["completed"])
+    assert time.perf_counter() - started < 0.5  # nothing generated up front
+    started = time.perf_counter()
+    body = api.get(protocol.space_tasks_path(token), params={"page": 1000, "page_size": 100}).json()
+    assert time.perf_counter() - started < 1.0
+    assert body["count"] == 100_000 and len(body["data"]) == 100
+    assert all(TASK_ID_RE.match(t["task_id"]) for t in body["data"])
+    assert all(t["output"]["transcript"] and t["status"] == "completed" for t in body["data"])
+    again = api.get(protocol.space_tasks_path(token), params={"page": 1000, "page_size": 100}).json()
+    assert again["data"] == body["data"]  # generated from the index: stable
+    assert (
+        api.get(protocol.space_tasks_path(token), params={"page": 1001, "page_size": 100}).json()["data"]
+        == []
+    )
+
+    head = api.get(protocol.space_tasks_path(token), params={"page_size": 3}).json()["data"]
+    api.sim.append_items(token, 5)
+    moved = api.get(protocol.space_tasks_path(token), params={"page_size": 8}).json()
+    assert moved["count"] == 100_005
+    assert [t["task_id"] for t in moved["data"][5:]] == [t["task_id"] for t in head]
+
+
+def test_append_runs_and_run_tasks(sim: UnpodSimulator) -> None:
+    before = sim.space_runs(DEMO_SPACE_TOKEN)
+    new = sim.append_items(DEMO_SPACE_TOKEN, 2, items="runs")
+    after = sim.space_runs(DEMO_SPACE_TOKEN)
+    assert [run["run_id"] for run in after[:2]] == new[::-1]
+    assert after[2:] == before
+    run_id = before[0]["run_id"]
+    count = len(sim.run_tasks(run_id))
+    sim.append_run_tasks(run_id, 3)
+    assert len(sim.run_tasks(run_id)) == count + 3
+
+
+# ============================================================================================
+# Runs that move
+# ============================================================================================
+
+
+def run_in_list(api: Api, space: str, run_id: str) -> dict[str, Any]:
+    runs = api.get(protocol.space_runs_path(space), params={"page_size": 0}).json()["data"]
+    return next(run for run in runs if run["run_id"] == run_id)
+
+
+def test_run_timeline_follows_the_clock(api: Api) -> None:
+    sim = api.sim
+    run_id = sim.add_run(
+        DEMO_SPACE_TOKEN, n_tasks=4, timeline=[("pending", 0), ("running", 2), ("completed", 6)]
+    )
+    assert RUN_ID_RE.match(run_id)
+    tasks_path = protocol.run_tasks_path(DEMO_SPACE_TOKEN, run_id)
+    assert run_in_list(api, DEMO_SPACE_TOKEN, run_id)["status"] == "pending"
+    assert api.get(demo_runs_path()).json()["data"][0]["run_id"] == run_id  # newest first
+    tasks = api.get(tasks_path).json()
+    assert tasks["count"] == 4 and {t["status"] for t in tasks["data"]} == {"pending"}
+    assert all(t["output"] == {} for t in tasks["data"])
+
+    sim.advance(2.5)
+    assert run_in_list(api, DEMO_SPACE_TOKEN, run_id)["status"] == "running"
+    assert {t["status"] for t in api.get(tasks_path).json()["data"]} == {"in_progress"}
+
+    sim.advance(4)
+    run = run_in_list(api, DEMO_SPACE_TOKEN, run_id)
+    assert run["status"] == "completed" and run["modified"] > run["created"]
+    done = api.get(tasks_path).json()["data"]
+    assert {t["status"] for t in done} == {"completed"}
+    assert all(t["output"]["transcript"] for t in done)
+
+
+def test_run_moved_on_demand(api: Api) -> None:
+    sim = api.sim
+    run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=6)
+    assert sim.run_status(run_id) == "pending"
+    sim.set_run_status(run_id, "failed")
+    assert run_in_list(api, DEMO_SPACE_TOKEN, run_id)["status"] == "failed"
+    tasks = sim.run_tasks(run_id)
+    assert {t["status"] for t in tasks} == {"failed"} and all(list(t["output"]) == ["error"] for t in tasks)
+    sim.advance(60)  # the dropped timeline steps never come back
+    assert sim.run_status(run_id) == "failed"
+
+    sim.set_run_status(run_id, "partially_completed")
+    mix = {t["status"] for t in sim.run_tasks(run_id)}
+    assert mix == {"completed", "failed"}
+
+    sim.set_run_status(run_id, "paused")  # unknown statuses are possible (sensor tests)
+    assert run_in_list(api, DEMO_SPACE_TOKEN, run_id)["status"] == "paused"
+    assert {t["status"] for t in sim.run_tasks(run_id)} == {"hold"}
+
+    other = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=2, final_status="cancelled")
+    assert sim.run_status(other) == "cancelled"
+
+
+def test_injectable_clock() -> None:
+    now = [1_790_000_000.0]
+    with UnpodSimulator(clock=lambda: now[0]) as sim:
+        run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=1)
+        assert sim.run_status(run_id) == "pending"
+        now[0] += 3
+        assert sim.run_status(run_id) == "running"
+        now[0] += 10
+        assert sim.run_status(run_id) == "completed"
+        assert sim.get_run(run_id)["created"] == "2026-09-21T14:13:20"
+
+
+# ============================================================================================
+# Create a run
+# ============================================================================================
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["docs-path", "server-path"])
+def test_create_run(api: Api, which: int) -> None:
+    path = protocol.create_run_paths(DEMO_SPACE_TOKEN)[which]
+    body = protocol.build_create_run_body(
+        pilot=DEMO_AGENT_HANDLE, context="Demo follow-up", documents=documents(3)
+    )
+    body["documents"][2] = {"name": "Zoë", "contact_number": "+4915100000000", "id": "crm-77"}
+    response = api.post(path, body)
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["status_code"] == 200 and payload["message"] == "Task Created Successfully"
+    data = protocol.parse_create_run_data(payload["data"])
+    assert RUN_ID_RE.match(data["run_id"]) and len(data["task_ids"]) == 3
+    assert data["status"] == {task_id: "pending" for task_id in data["task_ids"]}
+    assert api.sim.create_count == 1
+
+    assert api.get(demo_runs_path()).json()["data"][0]["run_id"] == data["run_id"]
+    tasks = api.get(protocol.run_tasks_path(DEMO_SPACE_TOKEN, data["run_id"])).json()["data"]
+    assert {t["task_id"] for t in tasks} == set(data["task_ids"])
+    assert {t["ref_id"] for t in tasks} == {"doc-0", "doc-1", "crm-77"}
+    assert {t["assignee"] for t in tasks} == {DEMO_AGENT_HANDLE}
+    assert all(t["task"]["objective"] == "Demo follow-up" for t in tasks)
+    logged = [r for r in api.sim.requests if r["method"] == "POST"]
+    assert logged[-1]["body"]["pilot"] == DEMO_AGENT_HANDLE
+
+
+def test_create_run_validation_206(api: Api) -> None:
+    path = protocol.create_run_paths(DEMO_SPACE_TOKEN)[1]
+    missing_context = api.post(path, {"pilot": DEMO_AGENT_HANDLE, "documents": documents(1)})
+    assert missing_context.status_code == 206
+    assert missing_context.json() == (
+        sample("error_206_validation.json")
+        or {
+            "status_code": 206,
+            "message": "There is some Validation error",
+            "data": {"errors": {"context": ["This field is required."]}},
+            "errors": {"context": ["This field is required."]},
+        }
+    )
+    blank = api.post(path, {"pilot": "", "context": "x", "documents": documents(1)}).json()
+    assert blank["errors"] == {"pilot": ["This field may not be blank."]}
+    empty_docs = api.post(path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": []})
+    assert empty_docs.status_code == 206 and "documents" in empty_docs.json()["errors"]
+    bad_doc = api.post(path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": [{"name": "x"}]})
+    assert bad_doc.status_code == 206 and "documents" in bad_doc.json()["errors"]
+    past = {"type": "custom", "calling_date": "2001-01-01", "calling_time": "10:00"}
+    bad_schedule = api.post(
+        path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1), "schedule": past}
+    )
+    assert bad_schedule.status_code == 206 and "schedule" in bad_schedule.json()["errors"]
+    unknown_pilot = api.post(path, {"pilot": "nobody", "context": "x", "documents": documents(1)})
+    assert unknown_pilot.status_code == 206 and unknown_pilot.json()["status_code"] == 206
+    assert "pilot" in unknown_pilot.json()["errors"]
+    unknown_space = api.post(
+        protocol.create_run_paths("NOSUCHSPACE0000000000000")[0],
+        {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1)},
+    )
+    assert unknown_space.status_code == 206 and unknown_space.json() == INVALID_SPACE
+    not_json = requests.post(api.url(path), data=b"{nope", headers=api.headers, timeout=5)
+    assert not_json.status_code == 400
+    unauthorized = api.post(path, {}, headers={"Org-Handle": SIM_ORG_HANDLE})
+    assert unauthorized.status_code == 401
+    assert api.sim.create_count == 0
+
+
+def test_create_run_scheduled_and_path_modes(api: Api) -> None:
+    sim = api.sim
+    docs_path, server_path = protocol.create_run_paths(DEMO_SPACE_TOKEN)
+    body: dict[str, Any] = {"pilot": DEMO_AGENT_HANDLE, "context": "later", "documents": documents(1)}
+    future = time.gmtime(sim.now() + 3 * 86400)
+    body["schedule"] = {
+        "type": "custom",
+        "calling_date": time.strftime("%Y-%m-%d", future),
+        "calling_time": time.strftime("%H:%M", future),
+    }
+    run_id = api.post(server_path, body).json()["data"]["run_id"]
+    assert sim.run_status(run_id) == "scheduled"
+
+    sim.create_paths = "server"
+    assert api.post(docs_path, body).status_code == 404
+    sim.create_paths = "docs"
+    assert api.post(server_path, body).status_code == 405
+    assert api.post(docs_path, body).status_code == 200
+
+    sim.create_paths = "both"
+    sim.docs_mode = True
+    docs_answer = api.post(docs_path, {**body, "schedule": None}).json()["data"]
+    assert docs_answer["status"] == "pending"
+    assert len(api.get(demo_tasks_path()).json()["data"]) == 20
+    space = api.get(protocol.space_path(DEMO_SPACE_TOKEN)).json()["data"]
+    assert space["agent_handle"] == DEMO_AGENT_HANDLE and {"id", "created_at"} <= set(space)
+    assert sim.create_count == 3
+
+
+# ============================================================================================
+# Faults: what a client observes
+# ============================================================================================
+
+
+def test_fault_validation(sim: UnpodSimulator) -> None:
+    assert {"latency", "drop_connection", "truncated_json", "rate_limit", "append"} <= set(FAULT_KINDS)
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        sim.inject("explode")
+    with pytest.raises(ValueError, match="no parameter"):
+        sim.inject("latency", seconds=1, colour="red")
+    with pytest.raises(ValueError, match="needs seconds"):
+        sim.inject("slow")
+    with pytest.raises(ValueError):
+        sim.inject("server_error", status=418)
+    with pytest.raises(ValueError):
+        sim.inject("empty_body", times=0)
+
+
+def test_latency_fault_and_global_latency(api: Api) -> None:
+    api.sim.inject("latency", path="/runs/", seconds=0.3)
+    started = time.perf_counter()
+    assert api.get(demo_runs_path()).status_code == 200
+    assert time.perf_counter() - started >= 0.3
+    assert api.sim.faults == []  # consumed: the next request is served without delay
+    api.get(demo_runs_path())
+    assert [r["faults"] for r in api.sim.requests[-2:]] == [["latency"], []]
+
+    api.sim.latency = 0.2
+    started = time.perf_counter()
+    api.get(protocol.organizations_path())
+    assert time.perf_counter() - started >= 0.2
+
+
+def test_rate_limit_with_and_without_retry_after(api: Api) -> None:
+    sim = api.sim
+    sim.inject("rate_limit", retry_after=7)
+    response = api.get(demo_runs_path())
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert protocol.parse_retry_after(response.headers["retry-after"]) == 7
+
+    sim.inject("rate_limit", retry_after_date=30, body="html")
+    response = api.get(demo_runs_path())
+    when = email.utils.parsedate_to_datetime(response.headers["retry-after"])
+    assert when.tzinfo is not None
+    assert 20 <= (protocol.parse_retry_after(response.headers["retry-after"]) or 0) <= 31
+    assert "text/html" in response.headers["content-type"]
+
+    sim.inject("rate_limit", body="empty")
+    response = api.get(demo_runs_path())
+    assert response.status_code == 429 and "retry-after" not in response.headers and response.content == b""
+    assert api.get(demo_runs_path()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "marker"),
+    [
+        (500, "html", b"Server Error (500)"),
+        (502, "html", b"nginx"),
+        (503, "json", b'"status_code":503'),
+        (504, "empty", b""),
+    ],
+)
+def test_server_errors(api: Api, status: int, body: str, marker: bytes) -> None:
+    api.sim.inject("server_error", path="/tasks/", status=status, body=body)
+    response = api.get(demo_tasks_path())
+    assert response.status_code == status
+    assert marker in response.content
+    if body == "json":
+        assert response.json()["status_code"] == status
+    if body == "empty":
+        assert response.content == b""
+    with httpx.Client() as client:
+        api.sim.inject("server_error", path="/tasks/", status=status, body=body)
+        assert client.get(api.url(demo_tasks_path()), headers=api.headers).status_code == status
+
+
+def test_empty_body(api: Api) -> None:
+    api.sim.inject("empty_body", path="/runs/")
+    response = api.get(demo_runs_path())
+    assert response.status_code == 200 and response.content == b""
+    with pytest.raises(ValueError):
+        response.json()
+    with pytest.raises(Exception, match="empty response body"):
+        protocol.parse_response(response.status_code, response.content, response.headers)
+
+
+def test_truncated_json(api: Api) -> None:
+    full = api.get(demo_runs_path()).content
+    api.sim.inject("truncated_json", path="/runs/", fraction=0.5)
+    response = api.get(demo_runs_path())
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content) == len(full) // 2
+    assert full.startswith(response.content)
+    with pytest.raises(ValueError):
+        json.loads(response.content)
+    api.sim.inject("truncated_json", path="/runs/", bytes=10)
+    with httpx.Client() as client:
+        cut = client.get(api.url(demo_runs_path()), headers=api.headers)
+    assert cut.status_code == 200 and cut.content == full[:10]
+
+
+def test_drop_connection_mid_body(api: Api) -> None:
+    api.sim.inject("drop_connection", path="/tasks/", times=3)
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+        api.get(demo_tasks_path())
+    with requests.Session() as session, pytest.raises(requests.exceptions.ChunkedEncodingError):
+        session.get(api.url(demo_tasks_path()), headers=api.headers, timeout=5)
+    with httpx.Client() as client, pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        client.get(api.url(demo_tasks_path()), headers=api.headers)
+    assert api.get(demo_tasks_path()).status_code == 200
+    logged = [r for r in api.sim.requests if "drop_connection" in r["faults"]]
+    assert len(logged) == 3 and {r["status"] for r in logged} == {200}
+
+
+async def test_drop_connection_async_httpx(api: Api) -> None:
+    api.sim.inject("drop_connection", path="/runs/", bytes=0)
+    async with httpx.AsyncClient() as client:
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await client.get(api.url(demo_runs_path()), headers=api.headers)
+        assert (await client.get(api.url(demo_runs_path()), headers=api.headers)).status_code == 200
+
+
+def test_disconnect_before_response(api: Api) -> None:
+    api.sim.inject("disconnect", method="POST", times=2)
+    body = {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1)}
+    path = protocol.create_run_paths(DEMO_SPACE_TOKEN)[1]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api.post(path, body)
+    with httpx.Client() as client, pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        client.post(api.url(path), json=body, headers=api.headers)
+    assert api.sim.create_count == 2  # the requests reached the server; only the answers were lost
+
+
+@pytest.mark.parametrize("stage", ["headers", "body"])
+def test_slow_response_triggers_read_timeouts(api: Api, stage: str) -> None:
+    api.sim.inject("slow", path="/runs/", seconds=1.0, stage=stage, times=2)
+    with pytest.raises((requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
+        requests.get(api.url(demo_runs_path()), headers=api.headers, timeout=(2, 0.3))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(api.url(demo_runs_path()), headers=api.headers, timeout=httpx.Timeout(2, read=0.3))
+    assert api.get(demo_runs_path()).status_code == 200
+
+
+def test_slow_response_within_timeout_completes(api: Api) -> None:
+    api.sim.inject("slow", path="/runs/", seconds=0.2, stage="body")
+    response = api.get(demo_runs_path())
+    assert response.status_code == 200 and response.json()["count"] == DEMO_SPACE_RUNS
+
+
+def test_business_error_and_generic_http(api: Api) -> None:
+    sim = api.sim
+    sim.inject("business_error", path="/runs/", message="Runs Fetch Failed", errors="upstream error text")
+    response = api.get(demo_runs_path())
+    assert response.status_code == 206
+    assert response.json() == (
+        sample("error_206_fetch_failed.json")
+        or {
+            "status_code": 206,
+            "message": "Runs Fetch Failed",
+            "data": {"errors": "upstream error text"},
+            "errors": "upstream error text",
+        }
+    )
+    sim.inject("business_error", path="/tasks/")
+    assert api.get(demo_tasks_path()).json() == INVALID_SPACE
+    sim.inject("http", status=403, body={"detail": "forbidden"}, headers={"X-Why": "test"})
+    forbidden = api.get(demo_runs_path())
+    assert forbidden.status_code == 403 and forbidden.json() == {"detail": "forbidden"}
+    assert forbidden.headers["x-why"] == "test"
+    sim.inject("http", status=302, body="", headers={"Location": "https://elsewhere.example/"})
+    assert api.get(demo_runs_path()).headers["location"] == "https://elsewhere.example/"
+
+
+def test_append_between_page_reads(api: Api) -> None:
+    sim = api.sim
+    first = api.get(demo_tasks_path(), params={"page": 1, "page_size": 50}).json()
+    sim.inject("append", path="/tasks/", query={"page": "2"}, n=5)
+    second = api.get(demo_tasks_path(), params={"page": 2, "page_size": 50}).json()
+    assert first["count"] == DEMO_SPACE_TASKS and second["count"] == DEMO_SPACE_TASKS + 5
+    overlap = {t["task_id"] for t in first["data"]} & {t["task_id"] for t in second["data"]}
+    assert len(overlap) == 5  # newest-first offsets shifted by the new items
+
+    runs_before = api.get(demo_runs_path()).json()["count"]
+    sim.inject("append", path="/runs/", n=2)
+    assert api.get(demo_runs_path()).json()["count"] == runs_before + 2
+
+    run_id = sim.space_runs(DEMO_SPACE_TOKEN)[0]["run_id"]
+    path = protocol.run_tasks_path(DEMO_SPACE_TOKEN, run_id)
+    before = api.get(path).json()["count"]
+    sim.inject("append", path=path, n=4)
+    assert api.get(path).json()["count"] == before + 4
+
+
+def test_fault_matching_times_skip_forever(api: Api) -> None:
+    sim = api.sim
+    sim.inject("server_error", path_regex=r"/runs/$", method="GET", status=503, times=2, skip=1)
+    codes = [api.get(demo_runs_path()).status_code for _ in range(4)]
+    assert codes == [200, 503, 503, 200]
+    assert api.get(demo_tasks_path()).status_code == 200
+    assert sim.faults == []
+
+    fault = sim.inject("empty_body", path="/organizations/", times=None)
+    for _ in range(3):
+        assert api.get(protocol.organizations_path()).content == b""
+    assert fault.hits == 3 and sim.faults[0]["remaining"] is None
+    sim.clear_faults()
+    assert api.get(protocol.organizations_path()).json()["count"] == 2
+
+    sim.inject("server_error", method="POST")
+    assert api.get(demo_runs_path()).status_code == 200
+    assert len(sim.faults) == 1
+
+
+# ============================================================================================
+# Request log
+# ============================================================================================
+
+
+def test_request_log_never_holds_the_token(api: Api) -> None:
+    sim = api.sim
+    sim.reset_requests()
+    api.get(demo_tasks_path(), params={"page": 2, "page_size": 5})
+    Api(sim, "Bearer").get(demo_runs_path())
+    api.get(demo_runs_path(), headers={"Authorization": f"Token {SIM_TOKEN}x", "X-Leak": SIM_TOKEN})
+    api.get(demo_runs_path(), params={"token": SIM_TOKEN})
+    api.post(
+        protocol.create_run_paths(DEMO_SPACE_TOKEN)[0],
+        {"pilot": DEMO_AGENT_HANDLE, "context": SIM_TOKEN, "documents": documents(1)},
+    )
+    log = sim.requests
+    assert len(log) == 5
+    assert SIM_TOKEN not in json.dumps(log)
+    first = log[0]
+    assert first["method"] == "GET" and first["path"] == demo_tasks_path()
+    assert first["query"] == {"page": "2", "page_size": "5"} and first["status"] == 200
+    assert first["headers"]["authorization"] == "Token ***"
+    assert first["headers"]["org-handle"] == SIM_ORG_HANDLE
+    assert log[1]["headers"]["authorization"] == "Bearer ***"
+    assert log[2]["status"] == 401
+    assert [r["status"] for r in log] == [200, 200, 401, 200, 200]
+    sim.reset_requests()
+    assert sim.requests == []
+
+
+def test_control_requests_are_not_logged(sim: UnpodSimulator) -> None:
+    client = SimulatorClient(sim.base_url)
+    sim.reset_requests()
+    client.state()
+    assert sim.requests == []
+
+
+# ============================================================================================
+# Control API (out-of-process use)
+# ============================================================================================
+
+
+def test_control_api_over_http(api: Api) -> None:
+    sim = api.sim
+    client = SimulatorClient(sim.base_url)
+    client.wait_ready()
+    token = client.add_space(n_tasks=30, n_runs=3, name="Remote")
+    assert SPACE_TOKEN_RE.match(token) and len(client.space_tasks(token)) == 30
+    run_id = client.add_run(token, n_tasks=2, timeline=[("pending", 0), ("running", 1), ("completed", 2)])
+    assert client.get_run(run_id)["status"] == "pending"
+    client.advance(1.5)
+    assert client.get_run(run_id)["status"] == "running"
+    assert client.set_run_status(run_id, "failed")["status"] == "failed"
+    assert run_in_list(api, token, run_id)["status"] == "failed"
+
+    fault = client.inject("server_error", path="/runs/", status=502, times=1)
+    assert fault["kind"] == "server_error" and client.faults()[0]["id"] == fault["id"]
+    assert api.get(protocol.space_runs_path(token)).status_code == 502
+    client.inject("latency", seconds=0.01, times=None)
+    client.clear_faults()
+    assert client.faults() == []
+
+    assert client.settings(page_size_cap=10)["page_size_cap"] == 10
+    assert len(api.get(protocol.space_tasks_path(token), params={"page_size": 50}).json()["data"]) == 10
+    assert sim.page_size_cap == 10
+
+    assert client.requests()[-1]["path"] == protocol.space_tasks_path(token)
+    client.reset_requests()
+    assert client.requests() == []
+
+    with pytest.raises(SimulatorControlError, match="400"):
+        client.inject("explode")
+    with pytest.raises(SimulatorControlError, match="404"):
+        client.set_run_status("R" + "f" * 32, "completed")
+    with pytest.raises(SimulatorControlError, match="400"):
+        client.add_space(n_tasks=-1)
+    bad = requests.post(sim.base_url + "/_sim/faults", data=b"[1]", timeout=5)
+    assert bad.status_code == 400
+
+    client.reset()
+    assert token not in sim.space_tokens() and sim.page_size_cap is None
+
+
+# ============================================================================================
+# Python API, lifecycle, plugin, connection
+# ============================================================================================
+
+
+def test_connection_json_is_a_valid_airflow_connection(sim: UnpodSimulator) -> None:
+    conn = json.loads(sim.connection_json())
+    assert conn == {
+        "conn_type": "unpod",
+        "host": sim.base_url,
+        "password": SIM_TOKEN,
+        "extra": {"org_handle": SIM_ORG_HANDLE},
+    }
+    assert sim.connection_env() == {"AIRFLOW_CONN_UNPOD_DEFAULT": sim.connection_json()}
+    assert list(sim.connection_env("unpod_other")) == ["AIRFLOW_CONN_UNPOD_OTHER"]
+    config = protocol.ClientConfig.from_connection_fields(
+        conn_id="unpod_default", host=conn["host"], password=conn["password"], extra=conn["extra"]
+    )
+    assert config.base_url == sim.base_url
+    response = requests.get(config.url(protocol.organizations_path()), headers=config.headers(), timeout=5)
+    assert response.status_code == 200
+
+
+def test_function_fixture_sets_the_connection(unpod_simulator: UnpodSimulator) -> None:
+    assert os.environ["AIRFLOW_CONN_UNPOD_DEFAULT"] == unpod_simulator.connection_json()
+    assert unpod_simulator.running
+
+
+def test_context_manager_stops_on_exception() -> None:
+    holder: list[UnpodSimulator] = []
+    with pytest.raises(RuntimeError, match="boom"), UnpodSimulator() as sim:
+        holder.append(sim)
+        assert requests.get(sim.base_url + "/_sim/health", timeout=5).ok
+        raise RuntimeError("boom")
+    sim = holder[0]
+    assert not sim.running
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(sim.base_url + "/_sim/health", timeout=2)
+
+
+def test_refuses_non_loopback_host() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        UnpodSimulator(host="0.0.0.0")
+
+
+def test_package_import_is_light() -> None:
+    code = (
+        "import sys, unpod_provider.testing, unpod_provider.testing.pytest_plugin;"
+        "heavy = [m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules];"
+        "sys.exit(1 if heavy else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# ============================================================================================
+# CLI
+# ============================================================================================
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    ready = tmp_path / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "unpod_provider.testing",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc, ready
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_cli_starts_serves_and_stops(cli: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, ready = cli
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the simulator did not write its ready file"
+        time.sleep(0.05)
+    port = int(ready.read_text().strip())
+    base_url = f"http://127.0.0.1:{port}"
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert base_url in line
+    conn = json.loads(line.split("AIRFLOW_CONN_UNPOD_DEFAULT=", 1)[1].strip().strip("'"))
+    assert conn["host"] == base_url and conn["password"] == SIM_TOKEN
+
+    response = requests.get(
+        base_url + protocol.space_runs_path(DEMO_SPACE_TOKEN),
+        headers={"Authorization": f"Token {SIM_TOKEN}"},
+        timeout=5,
+    )
+    assert response.status_code == 200 and response.json()["count"] == DEMO_SPACE_RUNS
+    assert SimulatorClient(base_url).state()["seed"] == 3
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert not ready.exists()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(base_url + "/_sim/health", timeout=2)
+
+
+def test_cli_stops_on_sigint(tmp_path: Path) -> None:
+    ready = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unpod_provider.testing", "--ready-file", str(ready), "--latency", "0.01"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_refuses_non_loopback_host() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "unpod_provider.testing", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "loopback" in result.stderr

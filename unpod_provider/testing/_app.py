@@ -1,0 +1,794 @@
+"""The simulator's ASGI application.
+
+Three layers:
+
+- FastAPI routes for the Unpod API (paths from :mod:`unpod_provider.protocol`, behaviour of the
+  real server: envelopes, 206/400/401/404 bodies, pagination, create-run validation);
+- FastAPI routes for the ``/_sim/`` control API (no Unpod token needed);
+- a raw ASGI middleware in front of both that logs every Unpod request (never the token),
+  redirects slash-less paths (301, like Django's APPEND_SLASH) and injects faults, including
+  the ones a framework cannot express: a cut body, a connection closed mid-response.
+
+Imported only when a server starts (FastAPI is not imported by ``unpod_provider.testing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from unpod_provider import protocol
+from unpod_provider.testing._faults import Fault
+from unpod_provider.testing._state import SimState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CONTROL_PREFIX = "/_sim"
+LOGGED_HEADERS = ("org-handle", "accept", "content-type", "user-agent")
+MAX_LOGGED_BODY = 1_000_000
+
+# Route templates derived from the protocol module (one truth about the paths).
+_S, _R = "SIMSPACETOKEN", "SIMRUNID"
+
+
+def _template(path: str) -> str:
+    """A protocol path with placeholders turned into FastAPI path parameters."""
+    return path.replace(_S, "{space_token}").replace(_R, "{run_id}")
+
+
+ROUTES: dict[str, str] = {
+    "organizations": protocol.organizations_path(),
+    "spaces": protocol.spaces_path(),
+    "space": _template(protocol.space_path(_S)),
+    "space_tasks": _template(protocol.space_tasks_path(_S)),
+    "space_runs": _template(protocol.space_runs_path(_S)),
+    "run_tasks": _template(protocol.run_tasks_path(_S, _R)),
+    "create_docs": _template(protocol.create_run_paths(_S)[0]),
+    "create_server": _template(protocol.create_run_paths(_S)[1]),
+}
+
+DJANGO_404_HTML = (
+    '<!doctype html>\n<html lang="en">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n'
+    "  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n"
+)
+DJANGO_500_HTML = (
+    '<!doctype html>\n<html lang="en">\n<head>\n  <title>Server Error (500)</title>\n</head>\n<body>\n'
+    "  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n"
+)
+REASONS = {
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Time-out",
+}
+
+
+def nginx_html(status: int) -> str:
+    """The error page nginx sends for ``status`` (what a proxy in front of Unpod answers)."""
+    title = f"{status} {REASONS.get(status, 'Error')}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+
+
+def dumps(payload: Any) -> bytes:
+    """JSON like DRF renders it: compact, UTF-8, non-ASCII kept."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response rendered like DRF."""
+    return Response(
+        content=dumps(payload), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class ConnectionDropped(Exception):
+    """Raised to make uvicorn close a connection when the transport is not reachable."""
+
+
+class _QuietDroppedConnections(logging.Filter):
+    """Hide uvicorn's complaints about the connections the simulator drops on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("ASGI callable returned without completing response"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionDropped)
+
+
+def _install_log_filter() -> None:
+    """Install the filter once per process."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDroppedConnections) for f in logger.filters):
+        logger.addFilter(_QuietDroppedConnections())
+
+
+def _int_param(value: str | None, default: int) -> int:
+    """The server's parsing: an integer, else the default (never an error)."""
+    if value is None:
+        return default
+    try:
+        return int(value.strip())
+    except ValueError:
+        return default
+
+
+def _redact_authorization(value: str) -> str:
+    """``"Token abc..."`` -> ``"Token ***"``; the credential itself is never kept."""
+    parts = value.strip().split(None, 1)
+    if len(parts) == 2 and parts[0].isalpha() and len(parts[0]) <= 16:
+        return f"{parts[0]} ***"
+    return "***"
+
+
+# ============================================================================================
+# The ASGI middleware: log, redirect, faults
+# ============================================================================================
+
+
+class SimulatorMiddleware:
+    """Outermost ASGI app: request log, slash redirect, fault injection for non-control paths."""
+
+    def __init__(self, app: ASGIApp, state: SimState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Log the request, apply faults, serve (or answer as a fault says)."""
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        method = scope["method"]
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        entry: dict[str, Any] = {
+            "time": time.time(),
+            "method": method,
+            "path": path,
+            "query": {k: self._scrub(v) for k, v in query.items()},
+            "headers": self._logged_headers(headers),
+            "status": None,
+            "faults": [],
+            "duration": None,
+            "body": None,
+        }
+        state.log_request(entry)
+        started = time.monotonic()
+        body = bytearray()
+
+        async def logged_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body", False) and body:
+                    state.update_request(entry, body=self._logged_body(bytes(body), headers))
+            return message
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.update_request(entry, status=message["status"])
+            await send(message)
+
+        try:
+            if state.latency > 0:
+                await asyncio.sleep(state.latency)
+            pre, answer = state.take_faults(method, path, query)
+            kinds = [f.kind for f in pre] + ([answer.kind] if answer else [])
+            state.update_request(entry, faults=kinds)
+            for fault in pre:
+                await self._pre(fault, path)
+            if answer is None:
+                await self._serve(scope, logged_receive, logged_send)
+            else:
+                await self._answer(answer, scope, logged_receive, logged_send, send)
+        finally:
+            state.update_request(entry, duration=round(time.monotonic() - started, 6))
+
+    # -- logging helpers ---------------------------------------------------------------------
+
+    def _scrub(self, value: str) -> str:
+        """Replace the API token in a logged value."""
+        token = self.state.token
+        return value.replace(token, "***") if token and token in value else value
+
+    def _logged_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """The headers kept in the log, Authorization reduced to its scheme."""
+        logged = {name: self._scrub(headers[name]) for name in LOGGED_HEADERS if name in headers}
+        if "authorization" in headers:
+            logged["authorization"] = _redact_authorization(headers["authorization"])
+        return logged
+
+    def _logged_body(self, raw: bytes, headers: dict[str, str]) -> Any:
+        """The request body for the log (JSON decoded when possible, token scrubbed)."""
+        if len(raw) > MAX_LOGGED_BODY:
+            return {"_size": len(raw)}
+        text = self._scrub(raw.decode("utf-8", "replace"))
+        if "json" in headers.get("content-type", ""):
+            try:
+                return json.loads(text)
+            except ValueError:
+                pass
+        return text
+
+    # -- normal serving ----------------------------------------------------------------------
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The API itself, behind Django's APPEND_SLASH: slash-less paths get a 301."""
+        path = scope["path"]
+        if path.startswith(protocol.API_PREFIX.rstrip("/")) and not path.endswith("/"):
+            raw_path = scope.get("raw_path") or path.encode("utf-8")
+            location = raw_path + b"/"
+            if scope.get("query_string"):
+                location += b"?" + scope["query_string"]
+            await _send_all(
+                send, 301, b"", [(b"location", location), (b"content-type", b"text/html; charset=utf-8")]
+            )
+            return
+        await self.app(scope, receive, send)
+
+    async def _capture(self, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Run the API and keep its answer instead of sending it (to cut or delay it)."""
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def capture_send(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        await self._serve(scope, receive, capture_send)
+        return status, headers, b"".join(chunks)
+
+    # -- faults ------------------------------------------------------------------------------
+
+    async def _pre(self, fault: Fault, path: str) -> None:
+        """Apply a pre fault (latency, append) before the request is served."""
+        params = fault.params
+        if fault.kind == "latency":
+            await asyncio.sleep(params["seconds"])
+        elif fault.kind == "append":
+            self._append(params, path)
+
+    def _append(self, params: dict[str, Any], path: str) -> None:
+        """Add items to the request's space (or run) before it is answered."""
+        if not path.startswith(protocol.API_PREFIX):
+            return
+        parts = path[len(protocol.API_PREFIX) :].strip("/").split("/")
+        if len(parts) < 2 or parts[0] != "spaces" or self.state.space(parts[1]) is None:
+            return
+        token, n = parts[1], params["n"]
+        run_tasks = len(parts) >= 5 and parts[2] == "runs" and parts[4] == "tasks"
+        items = params["items"] or ("runs" if parts[2:] == ["runs"] else "tasks")
+        if items == "runs":
+            self.state.append_runs(token, n, status=params["status"], tasks_per_run=params["tasks_per_run"])
+        elif run_tasks:
+            run = self.state.runs.get(parts[3])
+            if run is not None and run.space.token == token:
+                self.state.append_run_tasks(parts[3], n)
+        else:
+            self.state.append_tasks(token, n, status=params["status"])
+
+    async def _answer(self, fault: Fault, scope: Scope, receive: Receive, send: Send, raw_send: Send) -> None:
+        """Answer the request as the fault says."""
+        kind, p = fault.kind, fault.params
+        if kind == "slow":
+            if p["stage"] == "headers":
+                await asyncio.sleep(p["seconds"])
+                await self._serve(scope, receive, send)
+                return
+            status, headers, body = await self._capture(scope, receive)
+            half = len(body) // 2
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+            await asyncio.sleep(p["seconds"])
+            await send({"type": "http.response.body", "body": body[half:], "more_body": False})
+        elif kind == "rate_limit":
+            extra: list[tuple[bytes, bytes]] = []
+            retry_after = _retry_after_value(p["retry_after"], p["retry_after_date"])
+            if retry_after is not None:
+                extra.append((b"retry-after", retry_after.encode("latin-1")))
+            payload, ctype = _error_body(429, p["body"], {"detail": "Request was throttled."})
+            await _send_all(send, 429, payload, [(b"content-type", ctype), *extra])
+        elif kind == "server_error":
+            status = p["status"]
+            extra = []
+            retry_after = _retry_after_value(p["retry_after"], None)
+            if retry_after is not None:
+                extra.append((b"retry-after", retry_after.encode("latin-1")))
+            fallback = {"message": REASONS[status], "status_code": status}
+            payload, ctype = _error_body(status, p["body"], fallback)
+            await _send_all(send, status, payload, [(b"content-type", ctype), *extra])
+        elif kind == "http":
+            body_value = p["body"]
+            if isinstance(body_value, (dict, list)):
+                payload = dumps(body_value)
+            elif isinstance(body_value, bytes):
+                payload = body_value
+            else:
+                payload = str(body_value or "").encode("utf-8")
+            headers = [(b"content-type", str(p["content_type"]).encode("latin-1"))]
+            headers += [
+                (str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
+                for k, v in (p["headers"] or {}).items()
+            ]
+            await _send_all(send, p["status"], payload, headers)
+        elif kind == "business_error":
+            business: dict[str, Any] = {"status_code": 206, "message": p["message"], "data": {}}
+            if p["errors"] is not None:
+                business = {**business, "data": {"errors": p["errors"]}, "errors": p["errors"]}
+            await _send_all(send, 206, dumps(business), [(b"content-type", b"application/json")])
+        elif kind == "empty_body":
+            await _send_all(send, p["status"], b"", [(b"content-type", b"application/json")])
+        elif kind == "truncated_json":
+            status, headers, body = await self._capture(scope, receive)
+            keep = _cut_size(len(body), p)
+            await _send_all(send, status, body[:keep], _without_length(headers))
+        elif kind == "drop_connection":
+            status, headers, body = await self._capture(scope, receive)
+            keep = _cut_size(len(body), p)
+            declared = max(len(body), keep + 1)
+            headers = [*_without_length(headers), (b"content-length", str(declared).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body[:keep], "more_body": True})
+            await _close_connection(raw_send)
+        elif kind == "disconnect":
+            await self._capture(scope, receive)  # the request reached the server; the answer is lost
+            await _close_connection(raw_send, abort=True)
+        else:  # pragma: no cover - validate_params refuses unknown kinds
+            raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def _retry_after_value(retry_after: Any, retry_after_date: Any) -> str | None:
+    """The Retry-After header: seconds, raw text, or an HTTP date N seconds ahead."""
+    if retry_after_date is not None:
+        return email.utils.formatdate(time.time() + float(retry_after_date), usegmt=True)
+    if retry_after is None:
+        return None
+    if isinstance(retry_after, float) and retry_after.is_integer():
+        retry_after = int(retry_after)
+    return str(retry_after)
+
+
+def _error_body(status: int, kind: str, json_payload: Any) -> tuple[bytes, bytes]:
+    """Body and content type of an error answer: ``json``, ``html``, ``text`` or ``empty``."""
+    if kind == "json":
+        return dumps(json_payload), b"application/json"
+    if kind == "html":
+        page = DJANGO_500_HTML if status == 500 else nginx_html(status)
+        return page.encode("utf-8"), b"text/html; charset=utf-8"
+    if kind == "text":
+        return REASONS.get(status, "Error").encode("utf-8"), b"text/plain; charset=utf-8"
+    return b"", b"text/html; charset=utf-8"
+
+
+def _cut_size(length: int, params: dict[str, Any]) -> int:
+    """How many body bytes to keep: ``bytes`` or ``fraction`` of it, always fewer than all."""
+    keep = params["bytes"] if params.get("bytes") is not None else int(length * params["fraction"])
+    return max(0, min(int(keep), length - 1))
+
+
+def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers without Content-Length (it is set again by the sender)."""
+    return [(k, v) for k, v in headers if k.lower() != b"content-length"]
+
+
+async def _send_all(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """A complete response with an exact Content-Length."""
+    headers = [*_without_length(headers), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _close_connection(raw_send: Send, *, abort: bool = False) -> None:
+    """Close the client connection now (bytes already written are flushed unless ``abort``).
+
+    ASGI has no "close" message, so this reaches uvicorn's transport through its ``send``
+    (a bound method of the request cycle). Fallback: raise, and uvicorn closes the connection.
+    """
+    owner = getattr(raw_send, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        raise ConnectionDropped("connection dropped by the Unpod simulator")
+    if abort:
+        transport.abort()
+    else:
+        transport.close()
+    for _ in range(200):  # let uvicorn notice, so it neither logs nor answers 500
+        if getattr(owner, "disconnected", True):
+            return
+        await asyncio.sleep(0.005)
+
+
+# ============================================================================================
+# The FastAPI app: Unpod API + control API
+# ============================================================================================
+
+
+def create_app(state: SimState) -> ASGIApp:
+    """The full simulator ASGI app for ``state``."""
+    _install_log_filter()
+    api = FastAPI(
+        title="Unpod simulator",
+        redirect_slashes=False,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return Response(DJANGO_404_HTML, status_code=404, media_type="text/html")
+        if exc.status_code == 405:
+            return json_response({"detail": f'Method "{request.method}" not allowed.'}, 405)
+        return json_response({"detail": str(exc.detail)}, exc.status_code)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def auth_error(request: Request) -> Response | None:
+        """401 unless ``Authorization: Token|Bearer|JWT <token>`` carries the simulator's token."""
+        parts = request.headers.get("authorization", "").split()
+        if len(parts) == 2 and parts[0].lower() in ("token", "bearer", "jwt") and parts[1] == state.token:
+            return None
+        return json_response(
+            {"message": "Invalid token.", "status_code": 401}, 401, headers={"WWW-Authenticate": "Token"}
+        )
+
+    def org_handle_error(request: Request) -> tuple[str, Response | None]:
+        """The Org-Handle, or the server's 400 when it is missing."""
+        handle = request.headers.get("org-handle", "").strip()
+        if not handle:
+            return "", json_response(
+                {
+                    "status_code": 400,
+                    "message": "Organization handle is required in Org-Handle header",
+                    "data": {},
+                },
+                400,
+            )
+        return handle, None
+
+    def invalid_space() -> Response:
+        """The server's 206 for an unknown space token."""
+        return json_response({"status_code": 206, "message": "Invalid Space Token", "data": {}}, 206)
+
+    def window(request: Request, default_size: int) -> tuple[int, int | None, int]:
+        """``(page, limit, offset)``; limit None = everything (page_size=0)."""
+        page = max(1, _int_param(request.query_params.get("page"), 1))
+        size = _int_param(request.query_params.get("page_size"), default_size)
+        if size < 0:
+            size = default_size
+        limit: int | None = size if size > 0 else None
+        cap = state.page_size_cap
+        if cap is not None:
+            limit = cap if limit is None else min(limit, cap)
+        offset = (page - 1) * limit if limit else 0
+        return page, limit, offset
+
+    def listing(page: int, offset: int, total: int, items: list[dict[str, Any]], message: str) -> Response:
+        """A list envelope, or 404 past the end when ``not_found_past_end``."""
+        if state.not_found_past_end and page > 1 and offset >= total:
+            return json_response({"detail": "Invalid page."}, 404)
+        return json_response({"count": total, "status_code": 200, "message": message, "data": items})
+
+    # -- Unpod API -----------------------------------------------------------------------------
+
+    @api.get(ROUTES["organizations"])
+    async def organizations(request: Request) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        data = state.organizations()
+        return json_response(
+            {
+                "count": len(data),
+                "status_code": 200,
+                "message": "Organizations fetched successfully",
+                "data": data,
+            }
+        )
+
+    @api.get(ROUTES["spaces"])
+    async def spaces(request: Request) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        handle, error = org_handle_error(request)
+        if error is not None:
+            return error
+        data = state.org_spaces(handle)
+        if data is None:
+            return json_response({"message": "Organization not found"}, 404)
+        return json_response(
+            {"count": len(data), "status_code": 200, "message": "Spaces fetched successfully", "data": data}
+        )
+
+    @api.get(ROUTES["space"])
+    async def space_detail(request: Request, space_token: str) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        handle, error = org_handle_error(request)
+        if error is not None:
+            return error
+        with state.lock:
+            space = state.space(space_token)
+            if space is None or space.org.handle != handle:
+                return json_response({"message": "Space not found"}, 404)
+            data = space.detail(docs=state.docs_mode)
+        return json_response({"status_code": 200, "message": "Space fetched successfully", "data": data})
+
+    @api.get(ROUTES["space_tasks"])
+    async def space_tasks(request: Request, space_token: str) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        space = state.space(space_token)
+        if space is None:
+            return invalid_space()
+        default = 20 if state.docs_mode else protocol.SERVER_DEFAULT_PAGE_SIZE
+        page, limit, offset = window(request, default)
+        summary_status = request.query_params.get("status")
+        total, items = state.space_tasks_page(space, offset, limit, summary_status=summary_status)
+        return listing(page, offset, total, items, "Tasks Fetched Successfully")
+
+    @api.get(ROUTES["space_runs"])
+    async def space_runs(request: Request, space_token: str) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        space = state.space(space_token)
+        if space is None:
+            return invalid_space()
+        page, limit, offset = window(request, protocol.SERVER_DEFAULT_PAGE_SIZE)
+        total, items = state.runs_page(space, offset, limit)
+        return listing(page, offset, total, items, "Runs Fetched Successfully")
+
+    @api.get(ROUTES["run_tasks"])
+    async def run_tasks(request: Request, space_token: str, run_id: str) -> Response:
+        if (error := auth_error(request)) is not None:
+            return error
+        space = state.space(space_token)
+        if space is None:
+            return invalid_space()
+        page, limit, offset = window(request, protocol.SERVER_DEFAULT_PAGE_SIZE)
+        total, items = state.run_tasks_page(space, run_id, offset, limit)
+        return listing(page, offset, total, items, "Tasks Fetched Successfully")
+
+    async def create(request: Request, space_token: str) -> Response:
+        """Create a run (both create paths land here)."""
+        if (error := auth_error(request)) is not None:
+            return error
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError as err:
+            return json_response({"detail": f"JSON parse error - {err}"}, 400)
+        status, payload = state.create_run(space_token, body, string_status=state.docs_mode)
+        return json_response(payload, status)
+
+    @api.post(ROUTES["create_docs"])
+    async def create_docs(request: Request, space_token: str) -> Response:
+        if state.create_paths == "server":
+            return Response(DJANGO_404_HTML, status_code=404, media_type="text/html")
+        return await create(request, space_token)
+
+    @api.post(ROUTES["create_server"])
+    async def create_server(request: Request, space_token: str) -> Response:
+        if state.create_paths == "docs":
+            return json_response({"detail": 'Method "POST" not allowed.'}, 405)
+        return await create(request, space_token)
+
+    _add_control_routes(api, state)
+    return SimulatorMiddleware(api, state)
+
+
+# ============================================================================================
+# Control API
+# ============================================================================================
+
+
+class BadControlRequest(ValueError):
+    """A control request whose body is not a JSON object (answered 400)."""
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """A control request's JSON object body ({} when empty)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise BadControlRequest(f"the request body is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise BadControlRequest("the request body must be a JSON object")
+    return body
+
+
+def _control(action: Callable[[], Any]) -> Response:
+    """Run a control action; bad input is a 400 (404 for an unknown space/run), never a 500."""
+    try:
+        return json_response(action())
+    except KeyError as err:
+        return json_response({"error": str(err.args[0] if err.args else err)}, 404)
+    except (ValueError, TypeError) as err:
+        return json_response({"error": str(err)}, 400)
+
+
+def _add_control_routes(api: FastAPI, state: SimState) -> None:
+    """``/_sim/...``: what the Python API does, over HTTP, for out-of-process use."""
+    c = CONTROL_PREFIX
+
+    @api.exception_handler(BadControlRequest)
+    async def bad_control_request(request: Request, exc: BadControlRequest) -> Response:
+        return json_response({"error": str(exc)}, 400)
+
+    @api.get(c + "/health")
+    async def health() -> Response:
+        return json_response({"ok": True})
+
+    @api.get(c + "/state")
+    async def summary() -> Response:
+        return _control(state.summary)
+
+    @api.post(c + "/reset")
+    async def reset(request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            state.reset(body.get("seed"))
+            return {"ok": True}
+
+        return _control(action)
+
+    @api.get(c + "/faults")
+    async def faults() -> Response:
+        return _control(state.fault_list)
+
+    @api.post(c + "/faults")
+    async def add_fault(request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            spec = dict(body)
+            kind = spec.pop("kind", None)
+            if not isinstance(kind, str):
+                raise ValueError("a fault needs a 'kind'")
+            params = spec.pop("params", None) or {}
+            return state.add_fault(Fault.create(kind, **spec, **params)).to_dict()
+
+        return _control(action)
+
+    @api.delete(c + "/faults")
+    async def clear_faults() -> Response:
+        state.clear_faults()
+        return json_response({"ok": True})
+
+    @api.get(c + "/requests")
+    async def requests_log() -> Response:
+        return _control(state.request_log)
+
+    @api.delete(c + "/requests")
+    async def reset_requests() -> Response:
+        state.reset_requests()
+        return json_response({"ok": True})
+
+    @api.get(c + "/settings")
+    async def settings() -> Response:
+        return _control(state.settings)
+
+    @api.post(c + "/settings")
+    async def update_settings(request: Request) -> Response:
+        body = await _json_body(request)
+        return _control(lambda: state.update_settings(**body))
+
+    @api.post(c + "/clock/advance")
+    async def advance(request: Request) -> Response:
+        body = await _json_body(request)
+        return _control(lambda: {"now": state.advance(body.get("seconds", 0))})
+
+    @api.post(c + "/spaces")
+    async def add_space(request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            space = state.add_space(**body)
+            return {"token": space.token, "name": space.name, "runs": [r.run_id for r in space.runs]}
+
+        return _control(action)
+
+    @api.get(c + "/spaces/{token}/tasks")
+    async def all_space_tasks(token: str) -> Response:
+        return _control(lambda: state.all_space_tasks(token))
+
+    @api.get(c + "/spaces/{token}/runs")
+    async def all_space_runs(token: str) -> Response:
+        return _control(lambda: state.all_space_runs(token))
+
+    @api.post(c + "/spaces/{token}/append")
+    async def append(token: str, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            n = body.get("n", 1)
+            status = body.get("status", "completed")
+            if body.get("items", "tasks") == "runs":
+                runs = state.append_runs(token, n, status=status, tasks_per_run=body.get("tasks_per_run", 1))
+            else:
+                runs = [state.append_tasks(token, n, status=status)]
+            return {"runs": [r.run_id for r in runs]}
+
+        return _control(action)
+
+    @api.post(c + "/runs")
+    async def add_run(request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            spec = dict(body)
+            space = spec.pop("space", None) or spec.pop("space_token", None)
+            if not isinstance(space, str):
+                raise ValueError("a run needs 'space' (the space token)")
+            run = state.add_run(space, **spec)
+            return {"run_id": run.run_id, "n_tasks": run.n_tasks}
+
+        return _control(action)
+
+    @api.get(c + "/runs/{run_id}")
+    async def get_run(run_id: str) -> Response:
+        return _control(lambda: state.get_run(run_id))
+
+    @api.get(c + "/runs/{run_id}/tasks")
+    async def all_run_tasks(run_id: str) -> Response:
+        return _control(lambda: state.all_run_tasks(run_id))
+
+    @api.post(c + "/runs/{run_id}/status")
+    async def set_status(run_id: str, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            state.set_run_status(run_id, body.get("status", ""))
+            return state.get_run(run_id)
+
+        return _control(action)
+
+    @api.post(c + "/runs/{run_id}/timeline")
+    async def set_timeline(run_id: str, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            state.set_run_timeline(
+                run_id, body.get("timeline") or [], restart=bool(body.get("restart", True))
+            )
+            return state.get_run(run_id)
+
+        return _control(action)
+
+    @api.post(c + "/runs/{run_id}/append")
+    async def append_run_tasks(run_id: str, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def action() -> dict[str, Any]:
+            state.append_run_tasks(run_id, body.get("n", 1))
+            return state.get_run(run_id)
+
+        return _control(action)
