@@ -1,7 +1,9 @@
 """The few imports that differ between the Airflow 3 releases this provider supports.
 
-Airflow 3.1 moved ``BaseHook`` into the task SDK (``airflow.sdk``); 3.0 still has it at
-``airflow.hooks.base``. Everything else the provider uses is at the same place in all 3.x.
+Airflow 3.1 moved ``BaseHook`` into the task SDK (``airflow.sdk``) and the task exceptions into
+``airflow.sdk.exceptions``; 3.0 still has them at ``airflow.hooks.base`` and ``airflow.exceptions``
+(which newer releases keep as deprecated aliases of the same classes). Import these names from
+here; everything else the provider uses is at the same place in all 3.x.
 """
 
 from __future__ import annotations
@@ -11,4 +13,31 @@ try:
 except ImportError:  # Airflow 3.0
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
 
-__all__ = ["BaseHook"]
+try:
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowRescheduleException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import (  # type: ignore[no-redef,attr-defined,assignment]
+        AirflowException,
+        AirflowFailException,
+        AirflowRescheduleException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowRescheduleException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "BaseHook",
+    "TaskDeferred",
+]

@@ -1,0 +1,380 @@
+"""RunCompletedTrigger: wait in the triggerer until an Unpod run finishes, without blocking the loop.
+
+The trigger polls the space's runs through ``UnpodAsyncHook`` (httpx, async connection lookup,
+the shared retry policy) and yields exactly one ``TriggerEvent`` that carries everything the
+sensor's ``execute_complete`` needs, because ``dag.test()`` drops the kwargs given to ``defer()``.
+
+Event payload (all plain JSON)::
+
+    {"status": "success" | "failed" | "not_found" | "timeout" | "error",
+     "run": {...} | None,          # the run object as the API returned it (last seen one)
+     "run_id": str, "space_token": str,
+     "run_status": str | None,     # last status seen, None if the run was never seen
+     "message": str,               # human readable, never the API token
+     "error_type": str | None,     # exception class name for "error" events
+     "status_code": int | None}    # HTTP status of the failed request for "error" events
+
+This module also holds ``check_run``, the one decision "is this run done, failed, or still
+running?" used by both the sensor (poke/reschedule) and the trigger (deferrable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from unpod_provider import protocol
+from unpod_provider.exceptions import UnpodError
+from unpod_provider.protocol import RetryPolicy
+
+TRIGGER_CLASSPATH = "unpod_provider.triggers.unpod.RunCompletedTrigger"
+
+#: The values of an event's ``status``.
+EVENT_STATUSES = ("success", "failed", "not_found", "timeout", "error")
+
+Outcome = Literal["success", "failed", "not_found", "waiting"]
+
+
+# --------------------------------------------------------------------------------------------
+# The decision, shared by the sensor and the trigger
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_states(states: Iterable[str] | str, name: str) -> tuple[str, ...]:
+    """Lower-case, de-duplicated, order-kept states; ``ValueError`` naming ``name`` if empty or bad."""
+    if isinstance(states, str):
+        states = [states]
+    try:
+        values = list(states)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of run statuses") from None
+    result: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must contain non-empty strings, got {value!r}")
+        cleaned = value.strip().lower()
+        if cleaned not in result:
+            result.append(cleaned)
+    if not result:
+        raise ValueError(f"{name} must name at least one run status")
+    return tuple(result)
+
+
+def validate_states(
+    success_states: Iterable[str], failed_states: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """Normalize both lists and refuse a status that is in both (which outcome would win?)."""
+    success = normalize_states(success_states, "success_states")
+    failed = normalize_states(failed_states, "failed_states")
+    overlap = sorted(set(success) & set(failed))
+    if overlap:
+        raise ValueError(f"success_states and failed_states both contain {', '.join(overlap)}")
+    return list(success), list(failed)
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """The verdict on one look at a run.
+
+    ``outcome`` is ``waiting`` while the run is not finished (or not listed yet and the grace
+    period is not over); ``unknown`` is True for a status the contract does not name.
+    """
+
+    outcome: Outcome
+    status: str | None
+    message: str
+    unknown: bool = False
+
+
+def check_run(
+    run: Mapping[str, Any] | None,
+    *,
+    run_id: str,
+    space_token: str,
+    success_states: Iterable[str],
+    failed_states: Iterable[str],
+    grace_over: bool,
+) -> RunCheck:
+    """Decide what a run (or its absence from the runs list) means for a waiting task.
+
+    Order: a success state wins, then a failed state, then any other terminal status fails
+    (it is neither what the user asked for nor something that will change), then everything
+    else (including statuses the API may add later) means "not finished yet".
+    """
+    where = f"Unpod run {run_id} (space {space_token})"
+    if run is None:
+        if grace_over:
+            return RunCheck(
+                "not_found",
+                None,
+                f"Run '{run_id}' not found in the runs of space '{space_token}' after the grace period",
+            )
+        return RunCheck("waiting", None, f"{where} is not in the space's runs yet")
+    status = protocol.run_status(run)
+    if status in success_states:
+        return RunCheck("success", status, f"{where} finished with status '{status}'")
+    if status in failed_states:
+        return RunCheck("failed", status, f"{where} ended with status '{status}'")
+    if protocol.is_terminal_run_status(status):
+        return RunCheck(
+            "failed",
+            status,
+            f"{where} ended with status '{status}', which is not one of the success states "
+            f"({', '.join(success_states)})",
+        )
+    unknown = status not in protocol.KNOWN_RUN_STATUSES
+    shown = status or "<none>"
+    return RunCheck("waiting", status, f"{where} is '{shown}'", unknown=unknown)
+
+
+def unknown_status_message(run_id: str, status: str | None) -> str:
+    """The one warning logged the first time a run shows a status the contract does not name."""
+    return (
+        f"Unpod run {run_id} has status '{status or '<none>'}', which this provider does not know; "
+        "treating it as not finished and waiting (logged once)"
+    )
+
+
+def make_event(
+    status: str,
+    *,
+    run_id: str,
+    space_token: str,
+    message: str,
+    run: Mapping[str, Any] | None = None,
+    run_status: str | None = None,
+    error: BaseException | None = None,
+) -> dict[str, Any]:
+    """The payload of the trigger's one event (see the module docstring for the schema)."""
+    if status not in EVENT_STATUSES:
+        raise ValueError(f"unknown event status {status!r}")
+    return {
+        "status": status,
+        "run": dict(run) if run is not None else None,
+        "run_id": run_id,
+        "space_token": space_token,
+        "run_status": run_status,
+        "message": message,
+        "error_type": type(error).__name__ if error is not None else None,
+        "status_code": getattr(error, "status_code", None) if isinstance(error, UnpodError) else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The trigger
+# --------------------------------------------------------------------------------------------
+
+
+class RunCompletedTrigger(BaseTrigger):
+    """Poll an Unpod run from the triggerer until it finishes, fails, vanishes or time runs out.
+
+    Every argument is plain JSON (no API token, no callable) so the trigger can be stored and
+    re-created in the triggerer; deadlines are wall-clock epoch seconds (``time.time()``).
+
+    :param space_token: the space that holds the run.
+    :param run_id: the run to wait for.
+    :param unpod_conn_id: Airflow connection of type ``unpod`` (read with ``aget_connection``).
+    :param poll_interval: seconds between two looks at the run (the sensor's ``poke_interval``).
+    :param success_states: run statuses that end the wait successfully.
+    :param failed_states: run statuses that end the wait with a failure.
+    :param end_time: epoch seconds after which a ``timeout`` event is sent; None = no deadline.
+    :param not_found_deadline: epoch seconds after which a run still absent from the runs list
+        gives a ``not_found`` event; None = wait for it until ``end_time``.
+    :param retry: ``RetryPolicy.to_dict()``; transient API errors are retried with backoff.
+    :param last_status: the status the sensor saw before deferring (reported on timeout).
+    :param page_size: runs per page when looking for the run.
+    """
+
+    def __init__(
+        self,
+        *,
+        space_token: str,
+        run_id: str,
+        unpod_conn_id: str = "unpod_default",
+        poll_interval: float = 60.0,
+        success_states: Iterable[str] = protocol.DEFAULT_SUCCESS_STATES,
+        failed_states: Iterable[str] = protocol.DEFAULT_FAILED_STATES,
+        end_time: float | None = None,
+        not_found_deadline: float | None = None,
+        retry: Mapping[str, Any] | None = None,
+        last_status: str | None = None,
+        page_size: int = protocol.DEFAULT_PAGE_SIZE,
+    ) -> None:
+        super().__init__()
+        self.space_token = protocol.validate_identifier(space_token, "space_token")
+        self.run_id = protocol.validate_identifier(run_id, "run_id")
+        if not isinstance(unpod_conn_id, str) or not unpod_conn_id:
+            raise ValueError("unpod_conn_id must be a non-empty string")
+        self.unpod_conn_id = unpod_conn_id
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, (int, float))
+            or poll_interval <= 0
+        ):
+            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+        self.poll_interval = float(poll_interval)
+        self.success_states, self.failed_states = validate_states(success_states, failed_states)
+        self.end_time = _epoch(end_time, "end_time")
+        self.not_found_deadline = _epoch(not_found_deadline, "not_found_deadline")
+        self.retry_policy = RetryPolicy.from_dict(retry)  # validates; rebuilt in the triggerer
+        self.last_status = last_status if isinstance(last_status, str) else None
+        self.page_size = protocol.validate_page_size(page_size)
+
+    # ---- serialization ---------------------------------------------------------------------
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and plain-JSON kwargs; ``RunCompletedTrigger(**kwargs)`` is an equal trigger."""
+        return (
+            TRIGGER_CLASSPATH,
+            {
+                "space_token": self.space_token,
+                "run_id": self.run_id,
+                "unpod_conn_id": self.unpod_conn_id,
+                "poll_interval": self.poll_interval,
+                "success_states": list(self.success_states),
+                "failed_states": list(self.failed_states),
+                "end_time": self.end_time,
+                "not_found_deadline": self.not_found_deadline,
+                "retry": self.retry_policy.to_dict(),
+                "last_status": self.last_status,
+                "page_size": self.page_size,
+            },
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunCompletedTrigger):
+            return NotImplemented
+        return self.serialize() == other.serialize()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.serialize(), sort_keys=True))
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def _hook(self) -> Any:
+        """The async hook (imported here: the triggerer needs httpx, a DAG file does not)."""
+        from unpod_provider.hooks.unpod import UnpodAsyncHook
+
+        return UnpodAsyncHook(self.unpod_conn_id, retry_policy=self.retry_policy)
+
+    def _event(self, status: str, message: str, **kwargs: Any) -> TriggerEvent:
+        return TriggerEvent(
+            make_event(status, run_id=self.run_id, space_token=self.space_token, message=message, **kwargs)
+        )
+
+    def _timeout_event(self, run: Mapping[str, Any] | None, status: str | None, why: str) -> TriggerEvent:
+        seen = f"last seen status '{status}'" if status else "the run was never seen in the runs list"
+        return self._event(
+            "timeout",
+            f"Unpod run {self.run_id} (space {self.space_token}) did not finish before the deadline "
+            f"({seen}){why}",
+            run=run,
+            run_status=status,
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until one terminal outcome, then yield exactly one event and stop.
+
+        Transient errors (connection, timeouts, 429, 5xx) are retried inside the hook with the
+        shared backoff; only an error that survives the whole policy ends in an ``error`` event.
+        The HTTP client is closed before the event is yielded and on cancellation.
+        """
+        hook = self._hook()
+        try:
+            event = await self._wait(hook)
+        finally:
+            # Also runs on asyncio.CancelledError (triggerer stop, task cleared).
+            await hook.aclose()
+        yield event
+
+    async def _wait(self, hook: Any) -> TriggerEvent:
+        """The polling loop; returns the one event to send."""
+        run: Mapping[str, Any] | None = None
+        status = self.last_status
+        warned_unknown: set[str] = set()
+        while True:
+            if self.end_time is not None and time.time() >= self.end_time:
+                return self._timeout_event(run, status, "")
+            remaining = None if self.end_time is None else max(0.0, self.end_time - time.time())
+            try:
+                found = await asyncio.wait_for(
+                    hook.afind_run(self.space_token, self.run_id, page_size=self.page_size),
+                    timeout=remaining,
+                )
+            except asyncio.TimeoutError:
+                # wait_for ran into the deadline (httpx timeouts arrive as typed UnpodErrors).
+                return self._timeout_event(run, status, " while the last look at it was in progress")
+            except UnpodError as err:
+                return self._event(
+                    "error",
+                    f"Unpod API error while waiting for run {self.run_id}: {err}",
+                    run=run,
+                    run_status=status,
+                    error=err,
+                )
+            except Exception as err:  # noqa: BLE001 - one event for anything, never a dead trigger
+                return self._event(
+                    "error",
+                    f"Unexpected error while waiting for Unpod run {self.run_id}: "
+                    f"{type(err).__name__}: {err}",
+                    run=run,
+                    run_status=status,
+                    error=err,
+                )
+            grace_over = self.not_found_deadline is not None and time.time() >= self.not_found_deadline
+            check = check_run(
+                found,
+                run_id=self.run_id,
+                space_token=self.space_token,
+                success_states=self.success_states,
+                failed_states=self.failed_states,
+                grace_over=grace_over,
+            )
+            if found is not None:
+                run, status = found, check.status
+            if check.outcome != "waiting":
+                return self._event(check.outcome, check.message, run=found, run_status=check.status)
+            if check.unknown and (check.status or "") not in warned_unknown:
+                warned_unknown.add(check.status or "")
+                self.log.warning("%s", unknown_status_message(self.run_id, check.status))
+            else:
+                self.log.info("%s; next look in %gs", check.message, self.poll_interval)
+            sleep = self.poll_interval
+            if self.end_time is not None:
+                sleep = max(0.0, min(sleep, self.end_time - time.time()))
+            await asyncio.sleep(sleep)
+
+
+def _positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+
+def _epoch(value: Any, name: str) -> float | None:
+    """A wall-clock deadline in epoch seconds, or None; refuses what cannot be one."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be epoch seconds (time.time()), got {value!r}")
+    if value < 1e9:  # before 2001: a monotonic clock or a duration, not a wall-clock time
+        raise ValueError(
+            f"{name}={value!r} does not look like wall-clock epoch seconds; use time.time() + seconds"
+        )
+    return float(value)
+
+
+__all__ = [
+    "EVENT_STATUSES",
+    "RunCheck",
+    "RunCompletedTrigger",
+    "check_run",
+    "make_event",
+    "normalize_states",
+    "unknown_status_message",
+    "validate_states",
+]
