@@ -29,6 +29,7 @@ from unpod_provider.exceptions import (
     UnpodConnectionError,
     UnpodCreateRunUncertainError,
     UnpodError,
+    UnpodIncompleteResponseError,
     UnpodNotFoundError,
     UnpodProtocolError,
     UnpodRateLimitError,
@@ -711,17 +712,26 @@ def test_html_502_ends_in_a_server_error_not_a_json_error(
     ("body", "match"),
     [
         (b"", "empty response body"),
-        (b'{"count": 140, "status_code": 200, "data": [{"task_id": "T1"}, {"task_id": "T', "not valid JSON"),
+        (b'{"count": 140, "status_code": 200, "data": [{"task_id": "T1"}, {"task_id": "T', "cut off"),
     ],
     ids=["empty", "truncated"],
 )
-def test_empty_or_truncated_body_is_a_typed_error(
-    api: FakeApi, hook: UnpodHook, body: bytes, match: str
+def test_empty_or_truncated_body_is_retried_then_a_typed_error(
+    api: FakeApi, hook: UnpodHook, sleeps: list[float], body: bytes, match: str
 ) -> None:
     api.on(f"/spaces/{SPACE}/tasks/", response(200, body))
-    with pytest.raises(UnpodProtocolError, match=match) as info:
+    with pytest.raises(UnpodIncompleteResponseError, match=match) as info:
         hook.list_space_tasks(SPACE)
     assert not any(isinstance(e, json.JSONDecodeError) for e in chain(info.value))
+    assert len(api.sent) == hook.retry_policy.max_attempts
+    assert len(sleeps) == hook.retry_policy.max_attempts - 1
+
+
+def test_a_200_that_is_not_json_is_not_retried(api: FakeApi, hook: UnpodHook) -> None:
+    api.on(f"/spaces/{SPACE}/tasks/", response(200, b"<html>maintenance</html>"))
+    with pytest.raises(UnpodProtocolError, match="is not JSON"):
+        hook.list_space_tasks(SPACE)
+    assert len(api.sent) == 1
 
 
 def test_body_cut_off_mid_stream_is_retried(api: FakeApi, hook: UnpodHook, sleeps: list[float]) -> None:
@@ -904,11 +914,19 @@ def test_page_size_bounds_are_accepted(api: FakeApi, hook: UnpodHook) -> None:
     ]
 
 
-def test_a_server_ignoring_page_is_detected(api: FakeApi, hook: UnpodHook) -> None:
+@pytest.mark.parametrize(("max_concurrency", "most_requests"), [(1, 4), (8, 4 + 16)])
+def test_a_server_ignoring_page_is_detected(
+    api: FakeApi, make_hook: Callable[..., UnpodHook], max_concurrency: int, most_requests: int
+) -> None:
+    """Pages 2..4 repeat page 1: the walk gives up at the third page of nothing new (the
+    concurrent fetch may have at most its window of further pages in flight by then)."""
+    hook = make_hook(max_concurrency=max_concurrency)
     api.on(f"/spaces/{SPACE}/tasks/", response(200, envelope([make_task(n) for n in range(20)], count=500)))
     with pytest.raises(UnpodProtocolError, match="not advancing"):
         hook.list_space_tasks(SPACE, page_size=20)
-    assert len(api.sent) == 4
+    assert 4 <= len(api.sent) <= most_requests
+    if max_concurrency == 1:
+        assert len(api.sent) == 4
 
 
 # --------------------------------------------------------------------------------------------

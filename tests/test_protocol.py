@@ -23,6 +23,7 @@ from unpod_provider.exceptions import (
     UnpodConnectionError,
     UnpodCreateRunUncertainError,
     UnpodError,
+    UnpodIncompleteResponseError,
     UnpodNotFoundError,
     UnpodProtocolError,
     UnpodRateLimitError,
@@ -229,18 +230,22 @@ def test_other_5xx_is_not_retried() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "match"),
+    ("body", "match", "retryable"),
     [
-        (b"", "empty response body"),
-        (b'{"count": 3, "status_code": 200, "data": [{"task_id": "T1"}, {"ta', "not valid JSON"),
-        (b"<html>ok</html>", "not valid JSON"),
+        (b"", "empty response body", True),
+        (b'{"count": 3, "status_code": 200, "data": [{"task_id": "T1"}, {"ta', "cut off", True),
+        (b"<html>ok</html>", "is not JSON", False),
     ],
 )
-def test_200_with_an_empty_or_cut_body_is_a_protocol_error(body: bytes, match: str) -> None:
+def test_200_with_an_empty_or_cut_body_is_a_protocol_error(body: bytes, match: str, retryable: bool) -> None:
+    """Empty and cut bodies are transient (retried); a 200 that is not JSON at all is not."""
     with pytest.raises(UnpodProtocolError, match=match) as info:
-        protocol.parse_response(200, body, expect_list=True)
+        protocol.parse_response(200, body, expect_list=True, what="tasks of space 'S1'")
     assert not any(isinstance(e, json.JSONDecodeError) for e in chain(info.value))
-    assert not RetryPolicy.is_retryable(info.value)
+    assert RetryPolicy.is_retryable(info.value) is retryable
+    assert isinstance(info.value, UnpodIncompleteResponseError) is retryable
+    if body:
+        assert "tasks of space 'S1'" in str(info.value)
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
@@ -790,3 +795,18 @@ def test_custom_schedule_in_the_future_is_kept() -> None:
 
 def test_user_agent_names_the_package_and_version() -> None:
     assert f"airflow-provider-unpod/{__version__}" == protocol.USER_AGENT
+
+
+def test_page_walk_stops_a_list_that_keeps_growing() -> None:
+    """Each page full of new items and a higher count: the walk gives up at twice its first plan."""
+    walk = PageWalk(page_size=10, id_key="task_id")
+    page, total, raised = 0, 30, None
+    try:
+        while (page := walk.next_page()) is not None:
+            total += 10
+            items = [{"task_id": f"T{page}-{i}"} for i in range(10)]
+            walk.feed(page, Envelope(data=items, count=total))
+    except UnpodProtocolError as err:
+        raised = err
+    assert raised is not None and "kept growing" in str(raised)
+    assert page == walk.page_limit() == 2 * 4 + 2

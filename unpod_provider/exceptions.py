@@ -135,6 +135,12 @@ class UnpodProtocolError(UnpodError):
     """The response is not the documented envelope (truncated JSON, wrong types, redirects)."""
 
 
+class UnpodIncompleteResponseError(UnpodProtocolError):
+    """A 200 whose body was empty or cut off mid-JSON (a proxy or a dropped stream): retried."""
+
+    retryable = True
+
+
 class UnpodTransportError(UnpodError):
     """The request did not get a complete answer: connection refused/reset, timeout, cut body.
 
@@ -188,6 +194,7 @@ __all__ = [
     "UnpodConnectionError",
     "UnpodCreateRunUncertainError",
     "UnpodError",
+    "UnpodIncompleteResponseError",
     "UnpodNotFoundError",
     "UnpodProtocolError",
     "UnpodRateLimitError",

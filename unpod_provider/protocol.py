@@ -28,6 +28,7 @@ from unpod_provider.exceptions import (
     UnpodBusinessError,
     UnpodConfigError,
     UnpodError,
+    UnpodIncompleteResponseError,
     UnpodNotFoundError,
     UnpodProtocolError,
     UnpodRateLimitError,
@@ -53,6 +54,8 @@ MAX_PAGE_SIZE = 1000
 SERVER_DEFAULT_PAGE_SIZE = 50
 
 MAX_IDENTIFIER_LENGTH = 128
+#: Hard stop for a list whose server sends no ``count`` but only full pages.
+MAX_PAGES_WITHOUT_COUNT = 100_000
 _IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 #: Run statuses from the contract. Anything else means "not finished yet".
@@ -359,11 +362,20 @@ class Envelope:
     status_code: int = 200
 
 
-def _decode_json(body: bytes | str) -> Any:
+def _decode_json(body: bytes | str, what: str) -> Any:
+    """Decode a success body; a body that starts like JSON but does not parse was cut off."""
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as err:
-        raise UnpodProtocolError(f"response body is not valid JSON ({type(err).__name__})") from None
+        head = (body[:1] if isinstance(body, bytes) else body[:1].encode()).strip()
+        if head in (b"{", b"["):
+            raise UnpodIncompleteResponseError(
+                f"the response body for {what} was cut off (incomplete JSON)", status_code=200
+            ) from None
+        raise UnpodProtocolError(
+            f"the response body for {what} is not JSON ({type(err).__name__}): {_body_preview(body)!r}",
+            status_code=200,
+        ) from None
 
 
 def _server_message(payload: Any) -> str | None:
@@ -456,8 +468,8 @@ def raise_for_response(
     ok = status_code == 200 or (method.upper() == "POST" and status_code == 201)
     if ok:
         if isinstance(body, (bytes, str)) and not body:
-            raise UnpodProtocolError(f"empty response body for {what}", status_code=status_code)
-        return _decode_json(body)
+            raise UnpodIncompleteResponseError(f"empty response body for {what}", status_code=status_code)
+        return _decode_json(body, what)
 
     payload: Any = None
     if body:
@@ -707,6 +719,12 @@ class PageWalk:
             return None
         return max(1, math.ceil(self.count / self.effective_page_size))
 
+    def page_limit(self) -> int:
+        """The most pages a walk may take: twice the first page's plan, so growth cannot chase forever."""
+        if self.first_count is None or not self.effective_page_size:
+            return MAX_PAGES_WITHOUT_COUNT
+        return 2 * max(1, math.ceil(self.first_count / self.effective_page_size)) + 2
+
     def feed(self, page: int, envelope: Envelope) -> list[dict[str, Any]]:
         """Take the envelope of ``page``; return the items not seen before, in API order."""
         if page != self.page + 1:
@@ -761,11 +779,11 @@ class PageWalk:
                     f"pagination of {self.what} is not advancing: pages {page - 2}..{page} held "
                     "only items already seen (does the server ignore 'page'?)"
                 )
-            bound = self.max_pages()
-            if bound is not None and page >= bound + 3 + self.duplicates // max(1, effective):
+            limit = self.page_limit()
+            if page >= limit:
                 raise UnpodProtocolError(
-                    f"pagination of {self.what} went past page {page} although the server reports "
-                    f"{self.count} items in pages of {effective}"
+                    f"pagination of {self.what} stopped at page {page}: the list kept growing while it "
+                    f"was read (first {self.first_count} items, now {self.count}); read it again later"
                 )
         if (
             self.done

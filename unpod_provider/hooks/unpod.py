@@ -26,6 +26,7 @@ from unpod_provider.exceptions import (
     UnpodTimeoutError,
     UnpodTransportError,
 )
+from unpod_provider.hooks._pages import DEFAULT_MAX_CONCURRENCY, Throttle, walk_pages
 from unpod_provider.protocol import ClientConfig, Envelope, PageWalk, RetryPolicy
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class UnpodHook(BaseHook):
     :param retry_delay: base of the exponential backoff, in seconds.
     :param timeout: read timeout per request in seconds (default: the connection's, else 30).
     :param max_retry_seconds: cap on the total time one request may spend retrying.
+    :param max_concurrency: pages of one list fetched at once once the total is known
+        (1 = strictly sequential).
     """
 
     conn_name_attr = "unpod_conn_id"
@@ -84,6 +87,7 @@ class UnpodHook(BaseHook):
         retry_delay: float = 1.0,
         timeout: float | None = None,
         max_retry_seconds: float = 600.0,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         logger_name: str | None = None,
     ) -> None:
         super().__init__(logger_name=logger_name)
@@ -98,6 +102,10 @@ class UnpodHook(BaseHook):
         self.retry_policy = RetryPolicy(
             max_attempts=retry_limit, base_delay=retry_delay, max_total_seconds=max_retry_seconds
         )
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+        self.max_concurrency = max_concurrency
+        self._throttle = Throttle()
         self._session: requests.Session | None = None
 
     def __repr__(self) -> str:
@@ -129,6 +137,9 @@ class UnpodHook(BaseHook):
             import requests
 
             session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, self.max_concurrency))
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
             session.headers.update(self.config.headers())
             session.verify = self.config.verify
             session.trust_env = True
@@ -216,17 +227,23 @@ class UnpodHook(BaseHook):
         from unpod_provider._retry import tenacity_kwargs
 
         def attempt() -> Envelope:
+            self._throttle.wait(sleep=tenacity.nap.sleep)
             status, body, headers = self._send(method, path, params=params, json_body=json_body)
-            return protocol.parse_response(
-                status,
-                body,
-                headers,
-                what=what,
-                expect_list=expect_list,
-                resource=resource,
-                identifier=identifier,
-                method=method,
-            )
+            try:
+                return protocol.parse_response(
+                    status,
+                    body,
+                    headers,
+                    what=what,
+                    expect_list=expect_list,
+                    resource=resource,
+                    identifier=identifier,
+                    method=method,
+                )
+            except UnpodRateLimitError as err:
+                # One 429 pauses every request of this hook (concurrent pages included).
+                self._throttle.pause(self.retry_policy.delay(1, err))
+                raise
 
         retrying = tenacity.Retrying(
             **tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}", retryable)
@@ -242,25 +259,28 @@ class UnpodHook(BaseHook):
         what: str,
         resource: str,
         identifier: str,
+        max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield every item of a paginated list once, page by page, in API order."""
+        """Yield every item of a paginated list once, in API order.
+
+        After the first page tells the total, up to ``max_concurrency`` pages are fetched at once
+        (one request per page); items still come out in API order.
+        """
         walk = PageWalk(page_size=page_size, id_key=id_key, what=what)
-        while (page := walk.next_page()) is not None:
-            try:
-                envelope = self._call(
-                    "GET",
-                    path,
-                    what=f"{what} (page {page})",
-                    params=protocol.page_params(page, page_size),
-                    expect_list=True,
-                    resource=resource,
-                    identifier=identifier,
-                )
-            except UnpodNotFoundError:
-                if walk.end_on_not_found(page):
-                    break
-                raise
-            yield from walk.feed(page, envelope)
+
+        def fetch(page: int) -> Envelope:
+            return self._call(
+                "GET",
+                path,
+                what=f"{what} (page {page})",
+                params=protocol.page_params(page, page_size),
+                expect_list=True,
+                resource=resource,
+                identifier=identifier,
+            )
+
+        concurrency = self.max_concurrency if max_concurrency is None else max_concurrency
+        yield from walk_pages(walk, fetch, max_concurrency=concurrency)
         for note in walk.notes:
             self.log.warning("Unpod %s: %s", what, note)
 
@@ -299,6 +319,7 @@ class UnpodHook(BaseHook):
         *,
         page_size: int = protocol.DEFAULT_PAGE_SIZE,
         status: str | Iterable[str] | None = None,
+        max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every task of a space, lazily, page by page (newest first)."""
         path = protocol.space_tasks_path(space_token)
@@ -311,6 +332,7 @@ class UnpodHook(BaseHook):
             what=f"tasks of space '{space_token}'",
             resource="space",
             identifier=space_token,
+            max_concurrency=max_concurrency,
         )
         return (t for t in items if protocol.status_matches(t, statuses))
 
@@ -330,6 +352,7 @@ class UnpodHook(BaseHook):
         *,
         page_size: int = protocol.DEFAULT_PAGE_SIZE,
         status: str | Iterable[str] | None = None,
+        max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every run of a space, lazily (newest first)."""
         path = protocol.space_runs_path(space_token)
@@ -342,6 +365,7 @@ class UnpodHook(BaseHook):
             what=f"runs of space '{space_token}'",
             resource="space",
             identifier=space_token,
+            max_concurrency=max_concurrency,
         )
         return (r for r in items if protocol.status_matches(r, statuses))
 
@@ -360,7 +384,8 @@ class UnpodHook(BaseHook):
     ) -> dict[str, Any] | None:
         """The run with ``run_id``, paging through the space's runs until found; None if absent."""
         protocol.validate_identifier(run_id, "run_id")
-        for run in self.iter_space_runs(space_token, page_size=page_size):
+        # Sequential: runs are newest first, so the run is usually on page 1; stop as soon as found.
+        for run in self.iter_space_runs(space_token, page_size=page_size, max_concurrency=1):
             if run.get("run_id") == run_id:
                 return run
         return None
@@ -386,6 +411,7 @@ class UnpodHook(BaseHook):
         *,
         page_size: int = protocol.DEFAULT_PAGE_SIZE,
         status: str | Iterable[str] | None = None,
+        max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every task of a run, full detail, lazily. An unknown run id yields nothing."""
         path = protocol.run_tasks_path(space_token, run_id)
@@ -398,6 +424,7 @@ class UnpodHook(BaseHook):
             what=f"tasks of run '{run_id}' in space '{space_token}'",
             resource="run",
             identifier=run_id,
+            max_concurrency=max_concurrency,
         )
         return (t for t in items if protocol.status_matches(t, statuses))
 
