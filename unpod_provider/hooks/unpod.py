@@ -255,17 +255,22 @@ class UnpodHook(BaseHook):
         path: str,
         *,
         page_size: int,
+        status: str | Iterable[str] | None,
         id_key: str,
         what: str,
         resource: str,
         identifier: str,
-        max_concurrency: int | None = None,
+        max_concurrency: int | None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield every item of a paginated list once, in API order.
+        """Every item of a paginated list once, in API order, optionally filtered on ``status``.
 
+        Arguments are checked now, before any request; pages are read as the caller iterates.
         After the first page tells the total, up to ``max_concurrency`` pages are fetched at once
         (one request per page); items still come out in API order.
         """
+        protocol.validate_page_size(page_size)
+        statuses = protocol.normalize_statuses(status)
+        concurrency = self.max_concurrency if max_concurrency is None else max_concurrency
         walk = PageWalk(page_size=page_size, id_key=id_key, what=what)
 
         def fetch(page: int) -> Envelope:
@@ -279,10 +284,14 @@ class UnpodHook(BaseHook):
                 identifier=identifier,
             )
 
-        concurrency = self.max_concurrency if max_concurrency is None else max_concurrency
-        yield from walk_pages(walk, fetch, max_concurrency=concurrency)
-        for note in walk.notes:
-            self.log.warning("Unpod %s: %s", what, note)
+        def items() -> Iterator[dict[str, Any]]:
+            for item in walk_pages(walk, fetch, max_concurrency=concurrency):
+                if protocol.status_matches(item, statuses):
+                    yield item
+            for note in walk.notes:
+                self.log.warning("Unpod %s: %s", what, note)
+
+        return items()
 
     # ---- endpoints -------------------------------------------------------------------------------
 
@@ -322,19 +331,16 @@ class UnpodHook(BaseHook):
         max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every task of a space, lazily, page by page (newest first)."""
-        path = protocol.space_tasks_path(space_token)
-        statuses = protocol.normalize_statuses(status)
-        protocol.validate_page_size(page_size)
-        items = self._paginate(
-            path,
+        return self._paginate(
+            protocol.space_tasks_path(space_token),
             page_size=page_size,
+            status=status,
             id_key="task_id",
             what=f"tasks of space '{space_token}'",
             resource="space",
             identifier=space_token,
             max_concurrency=max_concurrency,
         )
-        return (t for t in items if protocol.status_matches(t, statuses))
 
     def list_space_tasks(
         self,
@@ -355,19 +361,16 @@ class UnpodHook(BaseHook):
         max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every run of a space, lazily (newest first)."""
-        path = protocol.space_runs_path(space_token)
-        statuses = protocol.normalize_statuses(status)
-        protocol.validate_page_size(page_size)
-        items = self._paginate(
-            path,
+        return self._paginate(
+            protocol.space_runs_path(space_token),
             page_size=page_size,
+            status=status,
             id_key="run_id",
             what=f"runs of space '{space_token}'",
             resource="space",
             identifier=space_token,
             max_concurrency=max_concurrency,
         )
-        return (r for r in items if protocol.status_matches(r, statuses))
 
     def list_space_runs(
         self,
@@ -414,19 +417,16 @@ class UnpodHook(BaseHook):
         max_concurrency: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every task of a run, full detail, lazily. An unknown run id yields nothing."""
-        path = protocol.run_tasks_path(space_token, run_id)
-        statuses = protocol.normalize_statuses(status)
-        protocol.validate_page_size(page_size)
-        items = self._paginate(
-            path,
+        return self._paginate(
+            protocol.run_tasks_path(space_token, run_id),
             page_size=page_size,
+            status=status,
             id_key="task_id",
             what=f"tasks of run '{run_id}' in space '{space_token}'",
             resource="run",
             identifier=run_id,
             max_concurrency=max_concurrency,
         )
-        return (t for t in items if protocol.status_matches(t, statuses))
 
     def list_run_tasks(
         self,
