@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m unpod_provider.demo
+	$(PY) scripts/demo.py
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check unpod_provider tests dags_examples benchmarks
+	$(VENV)/bin/ruff check unpod_provider tests dags_examples benchmarks scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
