@@ -32,7 +32,7 @@ from unpod_provider.testing.dag_runner import (
 )
 
 DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags_examples"
-DAG_IDS = {"unpod_run_report", "unpod_score_calls", "unpod_export_space"}
+DAG_IDS = {"unpod_run_report", "unpod_score_calls", "unpod_export_space", "unpod_daily_campaign"}
 DAG_TIMEOUT = 240.0
 
 
@@ -75,7 +75,7 @@ def test_example_dags_parse_without_connection_or_network(no_network: None) -> N
         assert dag.catchup is False
         params = dag.params.dump()
         assert params["space_token"] == DEMO_SPACE_TOKEN
-        if dag_id != "unpod_export_space":
+        if dag_id in ("unpod_run_report", "unpod_score_calls"):
             assert params["run_id"] == ""
 
 

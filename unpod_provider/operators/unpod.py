@@ -6,20 +6,28 @@ Each operator returns JSON (dicts, lists, strings, numbers) as its XCom, so a Ta
 storage as JSON Lines (``output_path``) instead of XCom. ``user_info.user_token`` and
 ``user_info.location`` are removed unless asked for. Nothing is fetched and no connection is
 read in ``__init__``: DAG parsing stays free of I/O.
+
+``CreateRunOperator`` starts a run (one call per contact) and can wait for it to finish, with
+the very waiting code of ``RunCompletedSensor`` (poke or deferrable).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
+from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
 from unpod_provider import protocol
+from unpod_provider._compat import AirflowFailException
 from unpod_provider.protocol import RetryPolicy
+from unpod_provider.sensors.unpod import DEFAULT_NOT_FOUND_GRACE_PERIOD, RunWaitMixin, push_run_ref
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -449,11 +457,415 @@ class ListRunTasksOperator(_UnpodListOperator):
         return f"of run {self.run_id} in space {self.space_token}"
 
 
+# --------------------------------------------------------------------------------------------
+# Create a run
+# --------------------------------------------------------------------------------------------
+
+#: File suffixes ``documents`` may name, and how each file is read.
+DOCUMENT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+#: What a task retry does about the run an earlier try may have started (see CreateRunOperator).
+ON_RETRY_MODES = ("resume", "create", "fail")
+#: On a retry, runs created up to this long before the DAG run started are still checked
+#: (the Unpod server's clock and Airflow's may disagree a little).
+RETRY_CLOCK_SKEW = timedelta(minutes=10)
+#: On a retry, at most this many of the space's newest runs are compared with the contacts.
+RETRY_MAX_CANDIDATES = 50
+#: Tasks per request when a retry compares a candidate run's tasks with the contacts.
+RETRY_PAGE_SIZE = 1000
+DEFAULT_POKE_INTERVAL = 60.0
+DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
+
+
+def read_documents(documents: Any, *, conn_id: str | None = None) -> list[dict[str, Any]]:
+    """The contacts of a create-run batch, each checked (a contact number or an email); no request.
+
+    ``documents`` is a list of objects, a JSON array as text, or the path or URI of a ``.csv``,
+    ``.jsonl``/``.ndjson`` or ``.json`` file (any ``ObjectStoragePath``: ``file:///...``,
+    ``s3://...``; ``conn_id`` is its storage connection). CSV: a header row names the fields;
+    empty cells are left out. Errors name the row (1-based) and, for a file, the line.
+    """
+    if isinstance(documents, str):
+        text = documents.strip()
+        if not text:
+            raise ValueError(
+                "documents is an empty string: give a list of contacts or the path of a .csv, .jsonl "
+                "or .json file"
+            )
+        if text.startswith("["):
+            try:
+                documents = json.loads(text)
+            except ValueError as err:
+                raise ValueError(
+                    f"documents looks like a JSON array but is not valid JSON ({err}); pass a list, an "
+                    "XComArg (task.output) or a file path"
+                ) from None
+        else:
+            return _read_documents_file(text, conn_id)
+    if isinstance(documents, Mapping):
+        raise ValueError("documents must be a list of contact objects, got a single object")
+    if isinstance(documents, (bytes, bytearray)) or not isinstance(documents, Iterable):
+        raise ValueError(
+            f"documents must be a list of contact objects or a file path, got {type(documents).__name__}"
+        )
+    return [
+        protocol.validate_document(doc, i, where=f"documents row {i + 1}") for i, doc in enumerate(documents)
+    ]
+
+
+def _read_documents_file(uri: str, conn_id: str | None) -> list[dict[str, Any]]:
+    """Read and check every contact of a CSV/JSONL/JSON file (local path or object storage URI)."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        path = ObjectStoragePath(uri, conn_id=conn_id)
+    except Exception as err:  # noqa: BLE001 - unknown scheme, missing fsspec backend, ...
+        raise ValueError(
+            f"documents {uri[:200]!r} is not a list and not a usable file path or URI: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    name = path.name or uri[:200]
+    kind = DOCUMENT_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"documents file {name!r}: cannot tell its format from the suffix {path.suffix!r}; "
+            f"use one of {', '.join(DOCUMENT_FORMATS)}"
+        )
+    reader = {"csv": _csv_documents, "jsonl": _jsonl_documents, "json": _json_documents}[kind]
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as handle:
+            rows = list(reader(handle, name))
+    except FileNotFoundError:
+        raise ValueError(f"documents file {uri[:200]} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"documents file {name} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise ValueError(f"documents file {uri[:200]} cannot be read: {type(err).__name__}: {err}") from None
+    if not rows:
+        raise ValueError(f"documents file {name} holds no contacts")
+    return rows
+
+
+def _csv_documents(handle: IO[str], name: str) -> Iterator[dict[str, Any]]:
+    reader = csv.DictReader(handle)
+    if not reader.fieldnames:
+        return
+    reader.fieldnames = [field.strip() for field in reader.fieldnames]
+    if not {"contact_number", "email"} & set(reader.fieldnames):
+        raise ValueError(
+            f"documents file {name}: the header row has neither a contact_number nor an email column "
+            f"(columns: {', '.join(reader.fieldnames)[:200]})"
+        )
+    for row_number, row in enumerate(reader, 1):
+        where = f"documents row {row_number} (line {reader.line_num} of {name})"
+        if None in row:
+            raise ValueError(f"{where} has more cells than the header row")
+        document = {key: value.strip() for key, value in row.items() if key and value and value.strip()}
+        yield protocol.validate_document(document, row_number - 1, where=where)
+
+
+def _jsonl_documents(handle: IO[str], name: str) -> Iterator[dict[str, Any]]:
+    row_number = 0
+    for line_number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        row_number += 1
+        where = f"documents row {row_number} (line {line_number} of {name})"
+        try:
+            document = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{where} is not valid JSON: {err}") from None
+        yield protocol.validate_document(document, row_number - 1, where=where)
+
+
+def _json_documents(handle: IO[str], name: str) -> Iterator[dict[str, Any]]:
+    try:
+        data = json.load(handle)
+    except ValueError as err:
+        raise ValueError(f"documents file {name} is not valid JSON: {err}") from None
+    if not isinstance(data, list):
+        raise ValueError(
+            f"documents file {name} must hold a JSON array of contacts, got {type(data).__name__}"
+        )
+    for index, document in enumerate(data):
+        yield protocol.validate_document(document, index, where=f"documents row {index + 1} (in {name})")
+
+
+def _contact_key(document: Any) -> tuple[str, str]:
+    """What identifies a contact when a retry compares a run's tasks with the batch."""
+    if not isinstance(document, Mapping):
+        return ("", "")
+    number, email = document.get("contact_number"), document.get("email")
+    return (
+        str(number).strip() if isinstance(number, (str, int)) and not isinstance(number, bool) else "",
+        email.strip().lower() if isinstance(email, str) else "",
+    )
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A positive number of seconds (or a timedelta), else ``ValueError`` naming ``name``."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class CreateRunOperator(RunWaitMixin, _UnpodOperatorBase):
+    """Start an Unpod run (one call per contact) and, with ``wait_for_completion``, wait for it.
+
+    Returns ``{"run_id", "task_ids", "status"}`` (``status``: the server's map task_id -> status,
+    or the documentation's single string), or, when waiting, the finished run as the runs list
+    shows it (exactly what ``RunCompletedSensor`` returns). ``{"space_token", "run_id"}`` is
+    pushed to XCom under ``unpod_run`` as soon as the run exists, before any waiting, so a
+    downstream task can find the run even if the wait fails.
+
+    Every contact is checked before anything is sent; an error names the row (and the file line).
+    The create request is sent once: it is retried only when it certainly did not reach the
+    server (connection refused, 429). After a timeout, a dropped connection or a 5xx the task
+    fails with ``UnpodCreateRunUncertainError``: the run may or may not exist (list the space's
+    runs to find out).
+
+    Task retries (``ti.try_number > 1``): Airflow 3 clears a task's XComs when a new try starts,
+    so an earlier try's run id is not there to read. With ``on_retry="resume"`` (default) the
+    operator looks for the run among the space's runs created since the DAG run started (the
+    newest ``RETRY_MAX_CANDIDATES``) and takes the first whose tasks hold exactly this batch's
+    contacts (by ``contact_number``/``email``); found, it resumes (waits for it if asked) instead
+    of starting a second run; not found, it starts one. ``on_retry="create"`` always starts a new
+    run; ``on_retry="fail"`` fails a retry without starting one. Each case is logged.
+
+    :param space_token: the space to run in (templated).
+    :param pilot: the handle of the agent that makes the calls (templated).
+    :param context: what the agent should do; required by the server (templated).
+    :param documents: the contacts (templated): a list of objects (``name``, ``contact_number``,
+        ``email``, ``context``, ``labels``, ``document_id``, ...), an XComArg resolving to one, or
+        the path/URI of a ``.csv``, ``.jsonl`` or ``.json`` file (``ObjectStoragePath``, e.g.
+        ``file:///data/leads.csv`` or ``s3://bucket/leads.jsonl``) for large batches.
+    :param schedule: ``None``/``"now"``, ``"auto"``, or ``{"type": "custom", "calling_date":
+        "YYYY-MM-DD", "calling_time": "HH:MM"}`` in the future (templated).
+    :param filters: optional ``filters`` object of the create request (templated).
+    :param wait_for_completion: wait until the run reaches a terminal status.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param poke_interval: seconds between two looks at the run while waiting.
+    :param timeout: seconds to wait before failing with ``UnpodSensorTimeout`` (an
+        ``AirflowSensorTimeout``, so no task retry, exactly as for the sensor).
+    :param success_states: run statuses that end the wait successfully.
+    :param failed_states: run statuses that fail the task (any other terminal status fails too).
+    :param not_found_grace_period: seconds the new run may be missing from the runs list.
+    :param on_retry: ``"resume"``, ``"create"`` or ``"fail"`` (see above).
+    :param documents_conn_id: Airflow connection for the object storage of a ``documents`` URI.
+    :param unpod_conn_id: Airflow connection of type ``unpod`` (templated).
+    """
+
+    template_fields: Sequence[str] = (
+        "space_token",
+        "pilot",
+        "context",
+        "documents",
+        "schedule",
+        "filters",
+        "unpod_conn_id",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "documents": "json",
+        "schedule": "json",
+        "filters": "json",
+    }
+    ui_color = "#fde9d9"
+
+    def __init__(
+        self,
+        *,
+        space_token: str,
+        pilot: str,
+        context: str,
+        documents: Any,
+        schedule: Any = None,
+        filters: Mapping[str, Any] | None = None,
+        wait_for_completion: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
+        timeout: float | timedelta = DEFAULT_WAIT_TIMEOUT,
+        success_states: Iterable[str] = protocol.DEFAULT_SUCCESS_STATES,
+        failed_states: Iterable[str] = protocol.DEFAULT_FAILED_STATES,
+        not_found_grace_period: float | timedelta = DEFAULT_NOT_FOUND_GRACE_PERIOD,
+        on_retry: str = "resume",
+        documents_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.space_token = space_token
+        self.pilot = pilot
+        self.context = context
+        self.documents = documents
+        self.schedule = schedule
+        self.filters = filters
+        self.wait_for_completion = bool(wait_for_completion)
+        self.deferrable = bool(deferrable)
+        self.poke_interval = _seconds(poke_interval, "poke_interval")
+        self.timeout = _seconds(timeout, "timeout")
+        self._init_wait(success_states, failed_states, not_found_grace_period)
+        if on_retry not in ON_RETRY_MODES:
+            raise ValueError(f"on_retry must be one of {', '.join(ON_RETRY_MODES)}, got {on_retry!r}")
+        self.on_retry = on_retry
+        self.documents_conn_id = documents_conn_id
+        #: Known once the run exists (the run being waited for).
+        self.run_id = ""
+        if schedule is not None and not _is_templated(schedule):
+            # The type only: whether a custom time is in the future is decided when the task runs.
+            protocol.validate_schedule(schedule, now=datetime(1970, 1, 1, tzinfo=timezone.utc))
+
+    def validate_rendered(self) -> None:
+        super().validate_rendered()
+        protocol.validate_identifier(self.space_token, "space_token")
+
+    def execute(self, context: Context) -> Any:
+        """Check everything, start the run (or resume an earlier try's), push its id, maybe wait."""
+        self.validate_rendered()
+        documents = read_documents(self.documents, conn_id=self.documents_conn_id)
+        # pilot, context, schedule and filters: checked now, before any request.
+        body = protocol.build_create_run_body(
+            pilot=self.pilot,
+            context=self.context,
+            documents=documents,
+            schedule=self.schedule,
+            filters=self.filters,
+        )
+        try:
+            created = self._earlier_run(context, documents)
+            if created is None:
+                self.log.info(
+                    "Starting an Unpod run in space %s: %s, pilot %s, schedule %s",
+                    self.space_token,
+                    _plural(len(documents), "contact"),
+                    body["pilot"],
+                    body["schedule"]["type"],
+                )
+                created = self.hook.create_run(
+                    self.space_token,
+                    pilot=body["pilot"],
+                    context=body["context"],
+                    documents=body["documents"],
+                    schedule=body["schedule"],
+                    filters=body.get("filters"),
+                )
+            self.run_id = created["run_id"]
+            push_run_ref(context, self.space_token, self.run_id)
+            if not self.wait_for_completion:
+                self.warn_if_large(_json_size(created), "task_ids and status list every call of the run.")
+                return created
+            self.log.info("Waiting for Unpod run %s in space %s to finish", self.run_id, self.space_token)
+            if self.deferrable:
+                return self._wait_deferrable(context)
+            return self._wait_polling(context)
+        finally:
+            if "hook" in self.__dict__:
+                self.hook.close()
+
+    # ---- task retries --------------------------------------------------------------------------
+
+    def _earlier_run(self, context: Context, documents: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """On a task retry, the run an earlier try started (``on_retry="resume"``), else None."""
+        ti = context["ti"]
+        try_number = getattr(ti, "try_number", None)
+        if not isinstance(try_number, int) or try_number <= 1:
+            return None
+        if self.on_retry == "create":
+            self.log.warning(
+                "Try %d of %s: starting a new Unpod run (on_retry='create'); an earlier try may already "
+                "have started one in space %s",
+                try_number,
+                self.task_id,
+                self.space_token,
+            )
+            return None
+        if self.on_retry == "fail":
+            raise AirflowFailException(
+                f"Try {try_number} of {self.task_id}: not starting another Unpod run (on_retry='fail'). "
+                f"An earlier try may have started one: check the runs of space {self.space_token} "
+                "(ListSpaceRunsOperator or UnpodHook.list_space_runs); set on_retry='resume' or "
+                "'create' to go on."
+            )
+        since = _retry_window_start(context)
+        self.log.info(
+            "Try %d of %s: looking for a run an earlier try started (runs of space %s created since %s "
+            "whose tasks are these %s) before starting one",
+            try_number,
+            self.task_id,
+            self.space_token,
+            since.isoformat() if since else "ever (newest first)",
+            _plural(len(documents), "contact"),
+        )
+        found = self._find_run_of(documents, since)
+        if found is None:
+            self.log.info("No run from an earlier try in space %s; starting a new one", self.space_token)
+            return None
+        self.log.warning(
+            "Try %d of %s: run %s (created %s) already holds these %s; resuming it instead of starting a "
+            "second run",
+            try_number,
+            self.task_id,
+            found["run_id"],
+            found.get("created", "?"),
+            _plural(len(documents), "contact"),
+        )
+        return found
+
+    def _find_run_of(self, documents: list[dict[str, Any]], since: datetime | None) -> dict[str, Any] | None:
+        """The newest run created since ``since`` whose tasks are exactly ``documents``, or None."""
+        wanted = Counter(_contact_key(doc) for doc in documents)
+        runs = self.hook.iter_space_runs(self.space_token, max_concurrency=1)
+        for checked, run in enumerate(runs):
+            created = protocol.parse_timestamp(run.get("created"))
+            if checked >= RETRY_MAX_CANDIDATES or (since and created and created < since):
+                break  # newest first: every further run is older
+            run_id = run.get("run_id")
+            if not isinstance(run_id, str):
+                continue
+            tasks = self._tasks_if_same_contacts(run_id, wanted)
+            if tasks is not None:
+                return {
+                    "run_id": run_id,
+                    "task_ids": [str(t.get("task_id")) for t in tasks],
+                    "status": {str(t.get("task_id")): t.get("status") for t in tasks},
+                    "created": run.get("created"),
+                }
+        return None
+
+    def _tasks_if_same_contacts(
+        self, run_id: str, wanted: Counter[tuple[str, str]]
+    ) -> list[dict[str, Any]] | None:
+        """The run's tasks if their inputs are exactly the ``wanted`` contacts; stops at a stranger."""
+        left = Counter(wanted)
+        tasks = []
+        for task in self.hook.iter_run_tasks(self.space_token, run_id, page_size=RETRY_PAGE_SIZE):
+            key = _contact_key(task.get("input"))
+            if left[key] <= 0:
+                return None
+            left[key] -= 1
+            tasks.append({"task_id": task.get("task_id"), "status": task.get("status")})
+        return None if +left else tasks
+
+
+def _retry_window_start(context: Context) -> datetime | None:
+    """Runs created before this cannot be an earlier try's: the DAG run's start, less some skew."""
+    dag_run = context.get("dag_run")
+    started = getattr(dag_run, "start_date", None)
+    if not isinstance(started, datetime):
+        return None
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    return started - RETRY_CLOCK_SKEW
+
+
 __all__ = [
     "DEFAULT_XCOM_WARN_BYTES",
+    "CreateRunOperator",
     "GetSpaceOperator",
     "ListRunTasksOperator",
     "ListSpaceRunsOperator",
     "ListSpaceTasksOperator",
     "ListSpacesOperator",
+    "read_documents",
 ]

@@ -6,7 +6,9 @@ Works in the three Airflow waiting styles:
 - ``mode="reschedule"``: the slot is freed between looks;
 - ``deferrable=True``: one look on the worker, then ``RunCompletedTrigger`` waits in the triggerer.
 
-The run has no endpoint of its own: the hook pages through the space's runs to find it.
+The run has no endpoint of its own: the hook pages through the space's runs to find it. The
+waiting itself (looks, verdict, deferral, resume) is ``RunWaitMixin``, which
+``CreateRunOperator(wait_for_completion=True)`` shares, so both wait exactly the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from unpod_provider.exceptions import (
 )
 from unpod_provider.protocol import RetryPolicy
 from unpod_provider.triggers.unpod import (
+    EVENT_STATUSES,
     RunCheck,
     RunCompletedTrigger,
     check_run,
@@ -123,53 +126,41 @@ def _api_error(event: dict[str, Any]) -> UnpodError:
 
 
 # --------------------------------------------------------------------------------------------
-# The sensor
+# Waiting for a run: shared by the sensor and CreateRunOperator(wait_for_completion=True)
 # --------------------------------------------------------------------------------------------
 
 
-class RunCompletedSensor(BaseSensorOperator):
-    """Wait for an Unpod run to finish; return the run object (a JSON dict) as XCom.
+class RunWaitMixin:
+    """Wait for one Unpod run to reach a terminal status: the looks, the verdict, the deferral.
 
-    Fails at once, without Airflow task retries, when the run ends in a failed state
-    (``UnpodRunFailedError``) or is not in the space's runs when ``not_found_grace_period``
-    seconds have passed since the first look (``UnpodNotFoundError``). Statuses the API may add
-    later count as "not finished yet". Transient API errors are retried inside the hook.
-
-    :param space_token: the space that holds the run (templated).
-    :param run_id: the run to wait for (templated), e.g. ``"{{ ti.xcom_pull('start')['run_id'] }}"``.
-    :param unpod_conn_id: Airflow connection of type ``unpod`` (templated).
-    :param success_states: run statuses that end the wait successfully. ``partially_completed``
-        (some calls failed) is one by default and logs a warning.
-    :param failed_states: run statuses that fail the task. Any other terminal status fails too.
-    :param not_found_grace_period: seconds a run may be missing from the runs list (measured on
-        the wall clock from the first look) before the task fails.
-    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
-    :param unpod_retry_limit: attempts per API request (1 = no retry): the hook's retry policy.
-    :param unpod_retry_delay: base of the exponential backoff between those attempts, in seconds
-        (``retry_delay`` stays BaseOperator's delay between Airflow task retries).
+    Used by ``RunCompletedSensor`` and ``CreateRunOperator(wait_for_completion=True)`` so both
+    wait the same way. The host operator sets ``space_token``, ``run_id``, ``poke_interval``
+    (seconds), ``timeout`` (seconds), ``deferrable``, a ``hook`` (``UnpodHook``) and calls
+    ``_init_wait`` in ``__init__``. In deferrable mode it looks once on the worker, then
+    ``RunCompletedTrigger`` waits in the triggerer and ``execute_complete`` turns its event into
+    the run (success) or a typed exception.
     """
 
-    template_fields: Sequence[str] = ("space_token", "run_id", "unpod_conn_id")
-    ui_color = "#d9f2e6"
+    space_token: str
+    run_id: str
+    unpod_conn_id: str
+    poke_interval: float
+    timeout: float
+    deferrable: bool
 
-    def __init__(
+    if TYPE_CHECKING:
+        log: Any
+
+        @property
+        def hook(self) -> UnpodHook: ...
+
+    def _init_wait(
         self,
-        *,
-        space_token: str,
-        run_id: str,
-        unpod_conn_id: str = "unpod_default",
-        success_states: Iterable[str] = protocol.DEFAULT_SUCCESS_STATES,
-        failed_states: Iterable[str] = protocol.DEFAULT_FAILED_STATES,
-        not_found_grace_period: float | timedelta = DEFAULT_NOT_FOUND_GRACE_PERIOD,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        unpod_retry_limit: int = 5,
-        unpod_retry_delay: float = 1.0,
-        **kwargs: Any,
+        success_states: Iterable[str],
+        failed_states: Iterable[str],
+        not_found_grace_period: float | timedelta,
     ) -> None:
-        super().__init__(**kwargs)
-        self.space_token = space_token
-        self.run_id = run_id
-        self.unpod_conn_id = unpod_conn_id
+        """Validate (``ValueError`` naming the parameter) and store the waiting arguments; no I/O."""
         self.success_states, self.failed_states = validate_states(success_states, failed_states)
         if isinstance(not_found_grace_period, timedelta):
             not_found_grace_period = not_found_grace_period.total_seconds()
@@ -182,56 +173,19 @@ class RunCompletedSensor(BaseSensorOperator):
                 f"not_found_grace_period must be a number of seconds >= 0, got {not_found_grace_period!r}"
             )
         self.not_found_grace_period = float(not_found_grace_period)
-        self.deferrable = bool(deferrable)
-        # Validated now (a clear error at parse time); no I/O. Not named retry_delay: that is
-        # BaseOperator's delay between Airflow task retries.
-        RetryPolicy(max_attempts=unpod_retry_limit, base_delay=unpod_retry_delay)
-        self.unpod_retry_limit = unpod_retry_limit
-        self.unpod_retry_delay = unpod_retry_delay
-        if self.deferrable and self.poke_interval <= 0:
-            raise ValueError(
-                "poke_interval must be > 0 when deferrable=True (it is the trigger's poll interval)"
-            )
         self._grace_started_at: float | None = None
         self._warned_unknown: set[str] = set()
         self._last_run: dict[str, Any] | None = None
         self._last_status: str | None = None
 
-    @cached_property
-    def hook(self) -> UnpodHook:
-        """The sync hook, built on first use (after template rendering), never in ``__init__``."""
-        from unpod_provider.hooks.unpod import UnpodHook
-
-        return UnpodHook(
-            self.unpod_conn_id, retry_limit=self.unpod_retry_limit, retry_delay=self.unpod_retry_delay
-        )
-
-    # ---- helpers -------------------------------------------------------------------------------
-
-    def _validate_rendered(self) -> None:
-        """Refuse bad identifiers after rendering, before any request, naming the parameter."""
-        protocol.validate_identifier(self.space_token, "space_token")
-        protocol.validate_identifier(self.run_id, "run_id")
-        if not isinstance(self.unpod_conn_id, str) or not self.unpod_conn_id.strip():
-            raise ValueError("unpod_conn_id must be a non-empty string")
-
-    def _push_run_ref(self, context: Context) -> None:
-        """Push ``{"space_token", "run_id"}`` so downstream tasks and links have it even on failure."""
-        context["ti"].xcom_push(
-            key=XCOM_RUN_KEY, value={"space_token": self.space_token, "run_id": self.run_id}
-        )
+    def _first_look_epoch(self, context: Context) -> float | None:
+        """When an earlier process already looked at the run (None: this is the first look)."""
+        return None
 
     def _grace_start(self, context: Context) -> float:
-        """Wall-clock epoch seconds of the first look at the run, for the not-found grace period.
-
-        Poke and deferrable mode keep it on the instance. In reschedule mode every look is a new
-        process (and Airflow 3 clears the task's XComs each time), so it comes from Airflow's own
-        record: the start of the first reschedule of this try, which is when the first look ran.
-        """
+        """Wall-clock epoch seconds of the first look at the run, for the not-found grace period."""
         if self._grace_started_at is None:
-            started: float | None = None
-            if self.reschedule and not self.deferrable:
-                started = _first_reschedule_epoch(context)
+            started = self._first_look_epoch(context)
             self._grace_started_at = started if started is not None else time.time()
         return self._grace_started_at
 
@@ -284,41 +238,30 @@ class RunCompletedSensor(BaseSensorOperator):
         else:
             self.log.info("%s; waiting", check.message)
 
-    # ---- poke / reschedule ---------------------------------------------------------------------
+    def _timeout_error(self, prefix: str) -> UnpodSensorTimeout:
+        """The timeout error, naming the run and its last seen status."""
+        return UnpodSensorTimeout(
+            f"{prefix} Unpod run {self.run_id} (space {self.space_token}) last status: "
+            f"{self._last_status or 'never seen'}",
+            run_id=self.run_id,
+            run_status=self._last_status,
+        )
 
-    def poke(self, context: Context) -> PokeReturnValue:
-        """One look; done with the run as XCom, or raise the typed failure."""
-        check = self._check(context)
-        if check.outcome == "waiting":
+    def _wait_polling(self, context: Context) -> dict[str, Any]:
+        """Poke mode for operators that are not sensors: look every ``poke_interval`` until done."""
+        started = time.time()
+        while True:
+            check = self._check(context)
+            if check.outcome != "waiting":
+                return self._finish(check, self._last_run)
             self._log_waiting(check)
-            return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=self._finish(check, self._last_run))
+            if time.time() - started + self.poke_interval > self.timeout:
+                raise self._timeout_error(
+                    f"Waited {time.time() - started:.0f}s of timeout={self.timeout:g}s."
+                )
+            time.sleep(self.poke_interval)
 
-    def execute(self, context: Context) -> Any:
-        """Validate, push the run reference, then wait in the chosen mode."""
-        self._validate_rendered()
-        self._push_run_ref(context)
-        try:
-            if self.deferrable:
-                return self._execute_deferrable(context)
-            try:
-                return super().execute(context)
-            except AirflowSensorTimeout as err:
-                if isinstance(err, UnpodError):
-                    raise
-                raise UnpodSensorTimeout(
-                    f"{err} Unpod run {self.run_id} (space {self.space_token}) last status: "
-                    f"{self._last_status or 'never seen'}",
-                    run_id=self.run_id,
-                    run_status=self._last_status,
-                ) from err
-        finally:
-            if "hook" in self.__dict__:
-                self.hook.close()
-
-    # ---- deferrable ------------------------------------------------------------------------------
-
-    def _execute_deferrable(self, context: Context) -> Any:
+    def _wait_deferrable(self, context: Context) -> dict[str, Any]:
         """Look once (a finished run never defers), then hand the wait to the trigger."""
         check = self._check(context)
         if check.outcome != "waiting":
@@ -339,22 +282,18 @@ class RunCompletedSensor(BaseSensorOperator):
         )
         # timeout=None: the trigger sends a "timeout" event at its wall-clock deadline, so
         # execute_complete reports the last status instead of Airflow's bare deferral timeout.
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=None)
+        host: Any = self  # the host is a BaseOperator: defer() raises TaskDeferred
+        host.defer(trigger=trigger, method_name="execute_complete", timeout=None)
+        raise AssertionError("unreachable: defer() raises TaskDeferred")  # pragma: no cover
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: the run on success, otherwise the matching typed error.
 
         Everything needed is in ``event`` (``dag.test()`` drops ``defer()`` kwargs).
         """
-        if not isinstance(event, dict) or event.get("status") not in (
-            "success",
-            "failed",
-            "not_found",
-            "timeout",
-            "error",
-        ):
+        if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise UnpodProtocolError(
-                f"RunCompletedSensor resumed with an unexpected trigger event for run {self.run_id}"
+                f"{type(self).__name__} resumed with an unexpected trigger event for run {self.run_id}"
             )
         status = event["status"]
         run = event.get("run") if isinstance(event.get("run"), dict) else None
@@ -383,6 +322,127 @@ class RunCompletedSensor(BaseSensorOperator):
         raise _api_error(event)
 
 
+# --------------------------------------------------------------------------------------------
+# The sensor
+# --------------------------------------------------------------------------------------------
+
+
+class RunCompletedSensor(RunWaitMixin, BaseSensorOperator):
+    """Wait for an Unpod run to finish; return the run object (a JSON dict) as XCom.
+
+    Fails at once, without Airflow task retries, when the run ends in a failed state
+    (``UnpodRunFailedError``) or is not in the space's runs when ``not_found_grace_period``
+    seconds have passed since the first look (``UnpodNotFoundError``). Statuses the API may add
+    later count as "not finished yet". Transient API errors are retried inside the hook.
+
+    :param space_token: the space that holds the run (templated).
+    :param run_id: the run to wait for (templated), e.g. ``"{{ ti.xcom_pull('start')['run_id'] }}"``.
+    :param unpod_conn_id: Airflow connection of type ``unpod`` (templated).
+    :param success_states: run statuses that end the wait successfully. ``partially_completed``
+        (some calls failed) is one by default and logs a warning.
+    :param failed_states: run statuses that fail the task. Any other terminal status fails too.
+    :param not_found_grace_period: seconds a run may be missing from the runs list (measured on
+        the wall clock from the first look) before the task fails.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param unpod_retry_limit: attempts per API request (1 = no retry): the hook's retry policy.
+    :param unpod_retry_delay: base of the exponential backoff between those attempts, in seconds
+        (``retry_delay`` stays BaseOperator's delay between Airflow task retries).
+    """
+
+    template_fields: Sequence[str] = ("space_token", "run_id", "unpod_conn_id")
+    ui_color = "#d9f2e6"
+
+    def __init__(
+        self,
+        *,
+        space_token: str,
+        run_id: str,
+        unpod_conn_id: str = "unpod_default",
+        success_states: Iterable[str] = protocol.DEFAULT_SUCCESS_STATES,
+        failed_states: Iterable[str] = protocol.DEFAULT_FAILED_STATES,
+        not_found_grace_period: float | timedelta = DEFAULT_NOT_FOUND_GRACE_PERIOD,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        unpod_retry_limit: int = 5,
+        unpod_retry_delay: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.space_token = space_token
+        self.run_id = run_id
+        self.unpod_conn_id = unpod_conn_id
+        self._init_wait(success_states, failed_states, not_found_grace_period)
+        self.deferrable = bool(deferrable)
+        # Validated now (a clear error at parse time); no I/O. Not named retry_delay: that is
+        # BaseOperator's delay between Airflow task retries.
+        RetryPolicy(max_attempts=unpod_retry_limit, base_delay=unpod_retry_delay)
+        self.unpod_retry_limit = unpod_retry_limit
+        self.unpod_retry_delay = unpod_retry_delay
+        if self.deferrable and self.poke_interval <= 0:
+            raise ValueError(
+                "poke_interval must be > 0 when deferrable=True (it is the trigger's poll interval)"
+            )
+
+    @cached_property
+    def hook(self) -> UnpodHook:
+        """The sync hook, built on first use (after template rendering), never in ``__init__``."""
+        from unpod_provider.hooks.unpod import UnpodHook
+
+        return UnpodHook(
+            self.unpod_conn_id, retry_limit=self.unpod_retry_limit, retry_delay=self.unpod_retry_delay
+        )
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _validate_rendered(self) -> None:
+        """Refuse bad identifiers after rendering, before any request, naming the parameter."""
+        protocol.validate_identifier(self.space_token, "space_token")
+        protocol.validate_identifier(self.run_id, "run_id")
+        if not isinstance(self.unpod_conn_id, str) or not self.unpod_conn_id.strip():
+            raise ValueError("unpod_conn_id must be a non-empty string")
+
+    def _first_look_epoch(self, context: Context) -> float | None:
+        """In reschedule mode every look is a new process (and Airflow 3 clears the task's XComs
+        each time), so the first look is Airflow's own record: the start of this try's first
+        reschedule. Poke and deferrable mode keep it on the instance.
+        """
+        if self.reschedule and not self.deferrable:
+            return _first_reschedule_epoch(context)
+        return None
+
+    # ---- poke / reschedule ---------------------------------------------------------------------
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """One look; done with the run as XCom, or raise the typed failure."""
+        check = self._check(context)
+        if check.outcome == "waiting":
+            self._log_waiting(check)
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=self._finish(check, self._last_run))
+
+    def execute(self, context: Context) -> Any:
+        """Validate, push the run reference, then wait in the chosen mode."""
+        self._validate_rendered()
+        push_run_ref(context, self.space_token, self.run_id)
+        try:
+            if self.deferrable:
+                return self._wait_deferrable(context)
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout as err:
+                if isinstance(err, UnpodError):
+                    raise
+                raise self._timeout_error(str(err)) from err
+        finally:
+            if "hook" in self.__dict__:
+                self.hook.close()
+
+
+def push_run_ref(context: Context, space_token: str, run_id: str) -> None:
+    """Push ``{"space_token", "run_id"}`` under ``XCOM_RUN_KEY`` before any waiting, so downstream
+    tasks have the run even when the wait fails."""
+    context["ti"].xcom_push(key=XCOM_RUN_KEY, value={"space_token": space_token, "run_id": run_id})
+
+
 def _first_reschedule_epoch(context: Context) -> float | None:
     """Epoch seconds of this try's first reschedule (its first look), or None on the first look."""
     ti = context.get("ti")
@@ -396,7 +456,9 @@ def _first_reschedule_epoch(context: Context) -> float | None:
 __all__ = [
     "XCOM_RUN_KEY",
     "RunCompletedSensor",
+    "RunWaitMixin",
     "UnpodRunFailedException",
     "UnpodRunNotFoundException",
     "UnpodSensorTimeout",
+    "push_run_ref",
 ]

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from unpod_provider import protocol
 from unpod_provider.testing._faults import Fault
@@ -577,7 +578,10 @@ def create_app(state: SimState) -> ASGIApp:
         """Create a run (both create paths land here)."""
         if (error := auth_error(request)) is not None:
             return error
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the client gave up before its body was read: nothing is created
+            return Response(status_code=499)
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError as err:
