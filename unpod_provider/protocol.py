@@ -797,7 +797,13 @@ class PageWalk:
         return fresh
 
     def end_on_not_found(self, page: int) -> bool:
-        """A 404 on a page past the first means "past the end" on stricter servers."""
+        """A 404 on a page past the first means "past the end" on stricter servers.
+
+        Only past the end, though: a 404 for a page that should still hold items (by the total
+        the server reported) is an error, not the end of the list, or the rest would be lost.
+        """
+        if page > 1 and self.count is not None and (page - 1) * (self.effective_page_size or 1) < self.count:
+            return False
         if page > 1:
             self.page = page
             self.done = True
@@ -957,18 +963,23 @@ def validate_fields(fields: Any, name: str = "fields") -> list[str] | None:
 SCHEDULE_TYPES = ("now", "auto", "custom")
 
 
-def validate_document(document: Any, index: int) -> dict[str, Any]:
-    """One contact of a create-run batch: an object with a contact number or an email."""
+def validate_document(document: Any, index: int, *, where: str | None = None) -> dict[str, Any]:
+    """One contact of a create-run batch: an object with a contact number or an email.
+
+    ``where`` names the row in errors (default ``documents[<index>]``), e.g.
+    ``documents row 17 (line 18 of leads.csv)`` for a contact read from a file.
+    """
+    label = where or f"documents[{index}]"
     if not isinstance(document, Mapping):
-        raise ValueError(f"documents[{index}] must be an object, got {type(document).__name__}")
+        raise ValueError(f"{label} must be an object, got {type(document).__name__}")
     number = document.get("contact_number")
     email_value = document.get("email")
     has_number = isinstance(number, (str, int)) and not isinstance(number, bool) and str(number).strip() != ""
     has_email = isinstance(email_value, str) and "@" in email_value
     if not (has_number or has_email):
-        label = document.get("name") or document.get("document_id") or document.get("id")
-        who = f" ({str(label)[:40]!r})" if label else ""
-        raise ValueError(f"documents[{index}]{who} has neither a contact_number nor an email")
+        name = document.get("name") or document.get("document_id") or document.get("id")
+        who = f" ({str(name)[:40]!r})" if name else ""
+        raise ValueError(f"{label}{who} has neither a contact_number nor an email")
     doc = dict(document)
     if isinstance(number, int):
         doc["contact_number"] = str(number)
