@@ -358,6 +358,7 @@ class _UnpodListOperator(_UnpodOperatorBase):
         assert self.output_path is not None
         try:
             path = ObjectStoragePath(self.output_path.strip(), conn_id=self.output_conn_id)
+            path.fs  # noqa: B018 - resolve the filesystem now, so a bad scheme fails here on every version
         except Exception as err:  # noqa: BLE001 - unknown scheme, missing fsspec backend, ...
             raise ValueError(
                 f"output_path {self.output_path.strip()[:200]!r} is not a usable ObjectStoragePath URI: "
