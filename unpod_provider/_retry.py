@@ -22,10 +22,29 @@ def tenacity_kwargs(
     import tenacity
 
     predicate = retryable or policy.is_retryable
+    planned: dict[tuple[int, int], float] = {}
+
+    def delay(retry_state: tenacity.RetryCallState) -> float:
+        """The wait after this attempt, drawn once (jitter) for both ``wait`` and ``stop``."""
+        key = (id(retry_state), retry_state.attempt_number)
+        if key not in planned:
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            planned[key] = policy.delay(retry_state.attempt_number, error)
+        return planned[key]
 
     def wait(retry_state: tenacity.RetryCallState) -> float:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        return policy.delay(retry_state.attempt_number, error)
+        return delay(retry_state)
+
+    class OutOfTime(tenacity.stop.stop_base):
+        """Stop rather than start a wait that would end past ``max_total_seconds``.
+
+        (tenacity's ``stop_after_delay`` only looks at the time already spent, so the last wait
+        could overshoot the cap by up to ``max_delay`` or a whole ``Retry-After``.)
+        """
+
+        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+            elapsed = retry_state.seconds_since_start or 0.0
+            return elapsed + delay(retry_state) > policy.max_total_seconds
 
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
@@ -40,8 +59,7 @@ def tenacity_kwargs(
         )
 
     return {
-        "stop": tenacity.stop_after_attempt(policy.max_attempts)
-        | tenacity.stop_after_delay(policy.max_total_seconds),
+        "stop": tenacity.stop_after_attempt(policy.max_attempts) | OutOfTime(),
         "wait": wait,
         "retry": tenacity.retry_if_exception(predicate),
         "before_sleep": before_sleep,

@@ -122,9 +122,15 @@ def validate_page_size(page_size: Any) -> int:
 
 
 def validate_header_value(value: str, name: str) -> str:
-    """Refuse CR, LF and other control characters in a header value (header injection)."""
+    """Refuse CR, LF, other control characters (header injection) and non-ASCII in a header value.
+
+    HTTP clients cannot send non-ASCII header values (httpx: ``UnicodeEncodeError``), so they
+    are a configuration error here, named by field and never echoed.
+    """
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise UnpodConfigError(f"{name} contains a control character (CR/LF or similar)")
+    if not value.isascii():
+        raise UnpodConfigError(f"{name} contains a non-ASCII character (HTTP header values are ASCII)")
     return value
 
 
@@ -774,7 +780,10 @@ class PageWalk:
             self.done = True
         if not self.done:
             self._stalled_pages = self._stalled_pages + 1 if not fresh else 0
-            if self._stalled_pages >= 3:
+            # Items added at the head push seen items onto later pages: as many repeats as the
+            # total grew are expected (``page_limit`` bounds a list that keeps growing).
+            growth = max(0, (self.count or 0) - (self.first_count or 0))
+            if self._stalled_pages >= 3 and self.duplicates > growth + effective:
                 raise UnpodProtocolError(
                     f"pagination of {self.what} is not advancing: pages {page - 2}..{page} held "
                     "only items already seen (does the server ignore 'page'?)"

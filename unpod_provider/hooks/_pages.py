@@ -113,6 +113,11 @@ def _concurrent(
                 if walk.end_on_not_found(page):
                     return
                 raise
+            if _read_before_previous(walk, envelope):
+                # This page was served before items were added at the head of the list, the
+                # previous one after: the items in between were on neither. Read on sequentially
+                # from this page (offsets only grow from now on), so nothing is skipped.
+                return
             yield from walk.feed(page, envelope)
             if walk.done:
                 return
@@ -121,3 +126,14 @@ def _concurrent(
         for future in pending.values():
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_before_previous(walk: PageWalk, envelope: Envelope) -> bool:
+    """Whether a concurrently fetched page saw a smaller total than the page before it.
+
+    New items arrive at the head of a newest-first list and push every item down. Pages fetched
+    in parallel are not served in page order, so page ``n`` may be served before an arrival and
+    page ``n - 1`` after it: the items pushed from ``n - 1`` onto ``n`` then come back on neither.
+    The total of each answer tells: it shrinks from one page to the next in exactly that case.
+    """
+    return walk.count is not None and envelope.count is not None and envelope.count < walk.count

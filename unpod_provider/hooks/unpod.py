@@ -7,7 +7,10 @@ with backoff honouring ``Retry-After``, and pagination that neither loops, skips
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -526,6 +529,14 @@ class UnpodHook(BaseHook):
         return True, f"Connected to org '{config.org_handle}' ({len(spaces)} spaces)"
 
 
+@functools.lru_cache(maxsize=2)
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """httpx's client TLS context for ``verify``, built once per process and shared by clients."""
+    import httpx
+
+    return httpx.create_ssl_context(verify=verify)
+
+
 def _is_connect_failure(err: Exception) -> bool:
     """True when requests failed before the request could be sent (refused, DNS, connect)."""
     from urllib3.exceptions import NameResolutionError, NewConnectionError
@@ -623,13 +634,21 @@ class UnpodAsyncHook(BaseHook):
             import httpx
 
             config = await self.aconfig()
-            self._client = httpx.AsyncClient(
-                base_url=config.base_url,
-                headers=config.headers(),
-                verify=config.verify,
-                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-                follow_redirects=False,
-            )
+            # Building a TLS context reads the CA bundle (tens of ms): once, and not on the loop.
+            tls = await asyncio.to_thread(_tls_context, config.verify)
+            if self._client is None:  # another coroutine of this hook may have built it meanwhile
+                self._client = httpx.AsyncClient(
+                    base_url=config.base_url,
+                    headers=config.headers(),
+                    verify=tls,
+                    timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+                    follow_redirects=False,
+                )
+                if not config.verify:
+                    self.log.warning(
+                        "TLS certificate verification is OFF for connection '%s' (extra verify: false)",
+                        self.unpod_conn_id,
+                    )
         return self._client
 
     async def aclose(self) -> None:
