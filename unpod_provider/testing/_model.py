@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -211,6 +212,10 @@ _FAILED_ERRORS = (
 # --------------------------------------------------------------------------------------------
 
 
+#: How many rendered tasks a run keeps (about 2.5 KB each).
+RENDERED_TASKS_PER_RUN = 20_000
+
+
 @dataclass
 class SimOrg:
     """An organization the token's user belongs to."""
@@ -311,6 +316,11 @@ class SimRun:
     #: Spacing of task creation times inside the run (seconds), so tasks sort newest first.
     task_spacing: float = 0.01
     _user_token: str | None = field(default=None, repr=False, compare=False)
+    #: Rendered tasks by (index, status, since), so serving a page costs little simulator CPU
+    #: (benchmarks measure the client, not this). Bounded; a status change makes new keys.
+    _rendered: OrderedDict[tuple[int, str, float], dict[str, Any]] = field(
+        default_factory=OrderedDict, repr=False, compare=False
+    )
 
     # -- status ------------------------------------------------------------------------------
 
@@ -370,8 +380,21 @@ class SimRun:
         return "hold"  # an unknown run status (e.g. "paused"): tasks wait
 
     def task(self, index: int, now: float) -> dict[str, Any]:
-        """Task ``index`` of this run as the server sends it at time ``now``."""
+        """Task ``index`` of this run as the server sends it at time ``now`` (treat as read-only)."""
         run_status, since = self.status_at(now)
+        key = (index, run_status, since)
+        cached = self._rendered.get(key)
+        if cached is not None:
+            self._rendered.move_to_end(key)
+            return cached
+        task = self._render_task(index, run_status, since)
+        self._rendered[key] = task
+        if len(self._rendered) > RENDERED_TASKS_PER_RUN:
+            self._rendered.popitem(last=False)
+        return task
+
+    def _render_task(self, index: int, run_status: str, since: float) -> dict[str, Any]:
+        """Build task ``index`` while the run is ``run_status`` (entered at ``since``)."""
         status = self.task_status(index, run_status)
         created = self.created + index * self.task_spacing
         user = _USERS[self.user_index % len(_USERS)]
