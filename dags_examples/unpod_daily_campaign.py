@@ -33,6 +33,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from unpod_provider.operators.unpod import CreateRunOperator, ListRunTasksOperator
+from unpod_provider.protocol import get_path
 
 #: The simulator's demo space and agent (``unpod_provider.testing``), when no env var is set.
 DEMO_SPACE_TOKEN = "DEMO0SPACE0TOKEN00000001"
@@ -84,30 +85,22 @@ RESULT_COLUMNS = [
 ]
 
 
-def _get(item: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(item, Mapping):
-            return None
-        item = item.get(part)
-    return item
-
-
 def result_rows(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per call (lead), sorted by the lead's ``ref_id``."""
     rows = [
         {
             "ref_id": task.get("ref_id") or "",
-            "name": _get(task, "input.name") or "",
-            "contact_number": _get(task, "input.contact_number") or "",
-            "email": _get(task, "input.email") or "",
+            "name": get_path(task, "input.name") or "",
+            "contact_number": get_path(task, "input.contact_number") or "",
+            "email": get_path(task, "input.email") or "",
             "task_id": task.get("task_id") or "",
             "status": task.get("status") or "",
-            "outcome": _get(task, "output.post_call_data.summary.status") or "",
-            "duration_seconds": _get(task, "output.duration")
-            if _get(task, "output.duration") is not None
+            "outcome": get_path(task, "output.post_call_data.summary.status") or "",
+            "duration_seconds": get_path(task, "output.duration")
+            if get_path(task, "output.duration") is not None
             else "",
-            "call_end_reason": _get(task, "output.call_end_reason") or "",
-            "error": _get(task, "output.error") or "",
+            "call_end_reason": get_path(task, "output.call_end_reason") or "",
+            "error": get_path(task, "output.error") or "",
         }
         for task in tasks
     ]

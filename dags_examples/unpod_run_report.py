@@ -29,6 +29,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from unpod_provider.operators.unpod import ListRunTasksOperator
+from unpod_provider.protocol import get_path
 from unpod_provider.sensors.unpod import RunCompletedSensor
 
 #: The simulator's demo space (``unpod_provider.testing.DEMO_SPACE_TOKEN``), when no env var is set.
@@ -63,14 +64,6 @@ REPORT_FIELDS = [
 ]
 
 
-def _get(item: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(item, Mapping):
-            return None
-        item = item.get(part)
-    return item
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -97,22 +90,22 @@ def build_report(
     cost = 0.0
     for item in tasks:
         statuses[str(item.get("status") or "unknown")] += 1
-        duration = _number(_get(item, "output.duration"))
+        duration = _number(get_path(item, "output.duration"))
         if duration is not None:
             durations.append(duration)
-        cost += _number(_get(item, "output.cost")) or 0.0
-        outcome = _get(item, "output.post_call_data.summary.status") or _get(
+        cost += _number(get_path(item, "output.cost")) or 0.0
+        outcome = get_path(item, "output.post_call_data.summary.status") or get_path(
             item, "output.post_call_data.outcome"
         )
         if isinstance(outcome, str) and outcome:
             outcomes[outcome] += 1
-        found = _get(item, "output.post_call_data.classification.labels")
+        found = get_path(item, "output.post_call_data.classification.labels")
         for label in found if isinstance(found, list) else []:
             labels[str(label)] += 1
-        reason = _get(item, "output.call_end_reason")
+        reason = get_path(item, "output.call_end_reason")
         if isinstance(reason, str) and reason:
             end_reasons[reason] += 1
-        error = _get(item, "output.error")
+        error = get_path(item, "output.error")
         if error:
             errors[str(error)[:200]] += 1
     total_duration = round(sum(durations), 3)
