@@ -32,7 +32,7 @@ from unpod_provider.exceptions import (
     UnpodServerError,
 )
 from unpod_provider.hooks.unpod import UnpodHook
-from unpod_provider.sensors.unpod import XCOM_RUN_KEY, RunCompletedSensor
+from unpod_provider.sensors.unpod import XCOM_RUN_KEY, RunCompletedSensor, UnpodSensorTimeout
 from unpod_provider.triggers.unpod import RunCompletedTrigger
 
 SPACE = "SPACE0TOKEN0ABC123XYZ789"
@@ -57,7 +57,7 @@ class FakeTI:
     def __init__(self, xcoms: dict[tuple[str | None, str], Any] | None = None) -> None:
         self.pushed: dict[str, Any] = {}
         self.xcoms = xcoms or {}
-        self.first_reschedule: datetime | None = None
+        self.first_reschedule: datetime | str | None = None
 
     def xcom_push(self, key: str, value: Any) -> None:
         json.dumps(value)  # Airflow 3 XCom is JSON only
@@ -66,7 +66,7 @@ class FakeTI:
     def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **kwargs: Any) -> Any:
         return self.xcoms.get((task_ids, key))
 
-    def get_first_reschedule_date(self, context: Any) -> datetime | None:
+    def get_first_reschedule_date(self, context: Any) -> datetime | str | None:
         return self.first_reschedule
 
 
@@ -413,6 +413,41 @@ def test_reschedule_grace_starts_at_the_first_reschedule(mocker: Any) -> None:
         make_sensor(mode="reschedule", not_found_grace_period=300, timeout=3600).execute(
             make_context(ti, task_reschedule_count=4)
         )
+
+
+def iso_ago(seconds: float) -> str:
+    """A first reschedule date as Airflow 3.0's ``dags test`` hands it over: an unparsed ISO string."""
+    moment = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_reschedule_accepts_the_first_reschedule_date_as_a_string(mocker: Any) -> None:
+    """Airflow 3.0's in-process runner passes the date unparsed; its own sensor base class then
+    failed with a TypeError at the third look. Grace period and timeout must both still count."""
+    mocker.patch.object(UnpodHook, "find_run", return_value=None)
+    ti = FakeTI()
+    ti.first_reschedule = iso_ago(100)
+    with pytest.raises(AirflowRescheduleException):  # 100 s into a 300 s grace: wait
+        make_sensor(mode="reschedule", not_found_grace_period=300, timeout=3600).execute(
+            make_context(ti, task_reschedule_count=3)
+        )
+    ti.first_reschedule = iso_ago(301)
+    with pytest.raises(UnpodNotFoundError):
+        make_sensor(mode="reschedule", not_found_grace_period=300, timeout=3600).execute(
+            make_context(ti, task_reschedule_count=4)
+        )
+    mocker.patch.object(UnpodHook, "find_run", return_value=run_obj("running"))
+    ti.first_reschedule = iso_ago(3601)
+    with pytest.raises(UnpodSensorTimeout, match=RUN_ID):  # the sensor timeout counts from it too
+        make_sensor(mode="reschedule", timeout=3600).execute(make_context(ti, task_reschedule_count=5))
+
+
+def test_reschedule_rejects_a_first_reschedule_date_of_another_type(mocker: Any) -> None:
+    mocker.patch.object(UnpodHook, "find_run", return_value=None)
+    ti = FakeTI()
+    ti.first_reschedule = 1234.5  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="first reschedule date of type float"):
+        make_sensor(mode="reschedule").execute(make_context(ti, task_reschedule_count=1))
 
 
 def test_poke_mode_does_not_use_the_reschedule_record(mocker: Any) -> None:
@@ -965,11 +1000,12 @@ def test_e2e_all_modes_under_the_task_runner(unpod_simulator_shared: Any, tmp_pa
             space_token = sim.add_space(name=f"e2e {name}")  # own space: the first look starts its run
             run_id = sim.add_run(space_token, n_tasks=2, timeline=[("pending", 0)])
             conf[name] = {"space": space_token, "run_id": run_id}
-            started.append(
-                stack.enter_context(
-                    timeline_on_first_look(sim, run_id, [("pending", 0), ("running", 1.5), ("completed", 3)])
-                )
-            )
+            # Reschedule mode must look at least three times: each look after the first asks
+            # Airflow for the first reschedule date (Airflow 3.0's `dags test` hands it over as a
+            # string, which its own sensor base class cannot subtract).
+            done_at = 5.0 if name == "reschedule" else 3.0
+            timeline = [("pending", 0), ("running", 1.5), ("completed", done_at)]
+            started.append(stack.enter_context(timeline_on_first_look(sim, run_id, timeline)))
         space_token = sim.add_space(name="e2e failed")
         failed_run = sim.add_run(space_token, n_tasks=1, timeline=[("running", 0), ("failed", 2)])
         conf["failed"] = {"space": space_token, "run_id": failed_run}

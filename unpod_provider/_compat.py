@@ -8,6 +8,9 @@ here; everything else the provider uses is at the same place in all 3.x.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 try:
     from airflow.sdk import BaseHook
 except ImportError:  # Airflow 3.0
@@ -32,6 +35,43 @@ except ImportError:  # Airflow 3.0
         TaskDeferred,
     )
 
+
+def first_reschedule_date(ti: Any, context: Any) -> datetime | None:
+    """``ti.get_first_reschedule_date(context)`` as an aware datetime, or None on the first look.
+
+    Airflow 3.0's in-process runner (``airflow dags test``, ``dag.test()``) hands the date over
+    unparsed, as the API's ISO string; later releases (and 3.0's real workers) parse it.
+    """
+    getter = getattr(ti, "get_first_reschedule_date", None)
+    value = getter(context) if getter is not None else None
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    raise TypeError(f"Airflow returned a first reschedule date of type {type(value).__name__}: {value!r}")
+
+
+class RescheduleDateParsingTI:
+    """Stand-in for the task instance that parses ``get_first_reschedule_date`` (see above).
+
+    Airflow 3.0's ``BaseSensorOperator.execute`` subtracts that value from ``utcnow()``, so in
+    reschedule mode the third look of a ``dags test`` run fails with a ``TypeError`` there. Every
+    other attribute is the real task instance's.
+    """
+
+    def __init__(self, ti: Any) -> None:
+        self._ti = ti
+
+    def get_first_reschedule_date(self, context: Any) -> datetime | None:
+        return first_reschedule_date(self._ti, context)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def __repr__(self) -> str:
+        return repr(self._ti)
+
+
 __all__ = [
     "AirflowException",
     "AirflowFailException",
@@ -39,5 +79,7 @@ __all__ = [
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "BaseHook",
+    "RescheduleDateParsingTI",
     "TaskDeferred",
+    "first_reschedule_date",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,12 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from unpod_provider import exceptions as unpod_exceptions
 from unpod_provider import protocol
-from unpod_provider._compat import AirflowFailException, AirflowSensorTimeout
+from unpod_provider._compat import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    RescheduleDateParsingTI,
+    first_reschedule_date,
+)
 from unpod_provider.exceptions import (
     UnpodError,
     UnpodNotFoundError,
@@ -426,6 +431,8 @@ class RunCompletedSensor(RunWaitMixin, BaseSensorOperator):
         try:
             if self.deferrable:
                 return self._wait_deferrable(context)
+            if self.reschedule and "ti" in context:
+                context = {**context, "ti": RescheduleDateParsingTI(context["ti"])}  # type: ignore[typeddict-item]
             try:
                 return super().execute(context)
             except AirflowSensorTimeout as err:
@@ -445,12 +452,8 @@ def push_run_ref(context: Context, space_token: str, run_id: str) -> None:
 
 def _first_reschedule_epoch(context: Context) -> float | None:
     """Epoch seconds of this try's first reschedule (its first look), or None on the first look."""
-    ti = context.get("ti")
-    getter = getattr(ti, "get_first_reschedule_date", None)
-    if getter is None:
-        return None
-    first = getter(context)
-    return first.timestamp() if isinstance(first, datetime) else None
+    first = first_reschedule_date(context.get("ti"), context)
+    return first.timestamp() if first is not None else None
 
 
 __all__ = [
