@@ -30,7 +30,8 @@ def test_p1_same_tasks_and_one_request_per_page(tmp_path: Path) -> None:
     assert result["identical_results"] and result["one_request_per_page"]
     assert result["pages"] == 5
     clients = result["clients"]
-    expected = {"hook", "hook_sequential", "requests_loop"} | ({"http_operator"} if with_http else set())
+    expected = {"hook", "hook_8", "hook_sequential", "requests_loop"}
+    expected |= {"http_operator"} if with_http else set()
     assert set(clients) == expected
     assert len({d for c in clients.values() for d in c["digests"]}) == 1
     assert all(c["tasks"] == [450] for c in clients.values())

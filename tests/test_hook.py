@@ -914,6 +914,43 @@ def test_page_size_bounds_are_accepted(api: FakeApi, hook: UnpodHook) -> None:
     ]
 
 
+@pytest.mark.parametrize(("max_concurrency", "expected_peak"), [(None, 10), (1, 1), (3, 3)])
+def test_pages_in_flight_never_exceed_max_concurrency(
+    api: FakeApi, make_hook: Callable[..., UnpodHook], max_concurrency: int | None, expected_peak: int
+) -> None:
+    """Page 1 alone, then pages 2..40 with at most ``max_concurrency`` requests in flight
+    (default 10), the list still whole and in API order."""
+    import threading
+    import time
+
+    items = [make_task(n) for n in range(400, 0, -1)]
+    lock = threading.Lock()
+    in_flight = [0]
+    peak = [0]
+    first_page_alone = []
+
+    def serve(sent: Sent) -> requests.Response:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            if sent.params and sent.params["page"] == 1:
+                first_page_alone.append(in_flight[0] == 1)
+        time.sleep(0.01)  # long enough for the pool to fill up
+        with lock:
+            in_flight[0] -= 1
+        page, size = int(sent.params["page"]), int(sent.params["page_size"])  # type: ignore[index]
+        return response(200, envelope(items[(page - 1) * size : page * size], count=len(items)))
+
+    api.on(f"/spaces/{SPACE}/tasks/", serve)
+    kwargs = {} if max_concurrency is None else {"max_concurrency": max_concurrency}
+    hook = make_hook(**kwargs)
+    got = hook.list_space_tasks(SPACE, page_size=10)
+    assert [t["task_id"] for t in got] == [t["task_id"] for t in items]
+    assert sorted(s.params["page"] for s in api.sent) == list(range(1, 41))  # type: ignore[index]
+    assert first_page_alone == [True]
+    assert peak[0] == expected_peak
+
+
 @pytest.mark.parametrize(("max_concurrency", "most_requests"), [(1, 4), (8, 4 + 16)])
 def test_a_server_ignoring_page_is_detected(
     api: FakeApi, make_hook: Callable[..., UnpodHook], max_concurrency: int, most_requests: int

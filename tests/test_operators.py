@@ -132,6 +132,9 @@ def test_template_fields_and_renderers() -> None:
         ({"xcom_warn_bytes": -1}, "xcom_warn_bytes"),
         ({"unpod_retry_limit": 0}, "retry_limit"),
         ({"unpod_timeout": 0}, "unpod_timeout"),
+        ({"unpod_max_concurrency": 0}, "unpod_max_concurrency"),
+        ({"unpod_max_concurrency": True}, "unpod_max_concurrency"),
+        ({"unpod_max_concurrency": "8"}, "unpod_max_concurrency"),
     ],
 )
 def test_bad_static_arguments_fail_at_parse_time(kwargs: dict[str, Any], message: str) -> None:
@@ -149,6 +152,9 @@ def test_hook_gets_the_operator_settings() -> None:
     assert hook.retry_policy.max_attempts == 2
     assert hook.retry_policy.base_delay == 0.5
     assert hook.timeout == 7.0
+    assert hook.max_concurrency == 10  # the hook's default unless the operator says otherwise
+    sequential = ListSpaceRunsOperator(task_id="t", space_token="X", unpod_max_concurrency=1)
+    assert sequential.hook.max_concurrency == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +293,26 @@ def test_list_space_tasks_redacted_by_default(unpod_simulator_shared: UnpodSimul
     dumped = json.dumps(result)
     assert all(t["user_info"]["user_token"] not in dumped for t in api)
     assert_plain_json(result)
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 4])
+def test_list_space_tasks_same_list_at_any_concurrency(
+    unpod_simulator_shared: UnpodSimulator, max_concurrency: int
+) -> None:
+    """``unpod_max_concurrency`` changes how many pages are in flight, never the result."""
+    sim = unpod_simulator_shared
+    sim.reset_requests()
+    result = ListSpaceTasksOperator(
+        task_id="t", space_token=DEMO_SPACE_TOKEN, page_size=20, unpod_max_concurrency=max_concurrency
+    ).execute(context())
+    api = sim.space_tasks(DEMO_SPACE_TOKEN)
+    assert result == redacted(api)
+    pages = sorted(
+        int(r["query"]["page"])
+        for r in sim.requests
+        if str(r["path"]).endswith(f"/spaces/{DEMO_SPACE_TOKEN}/tasks/")
+    )
+    assert pages == list(range(1, -(-len(api) // 20) + 1))  # one request per page
 
 
 def test_redaction_opt_out_and_by_naming_the_field(unpod_simulator_shared: UnpodSimulator) -> None:

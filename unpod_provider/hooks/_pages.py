@@ -17,7 +17,9 @@ from typing import Any
 from unpod_provider.exceptions import UnpodNotFoundError
 from unpod_provider.protocol import Envelope, PageWalk
 
-DEFAULT_MAX_CONCURRENCY = 8
+#: Pages requested at once by default: the size of ``requests``' default connection pool, so the
+#: concurrent fetch opens no more connections than one default ``requests.Session`` would keep.
+DEFAULT_MAX_CONCURRENCY = 10
 
 
 class Throttle:

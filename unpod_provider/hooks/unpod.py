@@ -74,7 +74,7 @@ class UnpodHook(BaseHook):
     :param timeout: read timeout per request in seconds (default: the connection's, else 30).
     :param max_retry_seconds: cap on the total time one request may spend retrying.
     :param max_concurrency: pages of one list fetched at once once the total is known
-        (1 = strictly sequential).
+        (default 10; 1 = strictly sequential).
     """
 
     conn_name_attr = "unpod_conn_id"

@@ -90,6 +90,8 @@ class _UnpodOperatorBase(BaseOperator):
     :param unpod_retry_delay: base of the exponential backoff between attempts, in seconds.
         (``retry_delay`` stays BaseOperator's delay between Airflow task retries.)
     :param unpod_timeout: read timeout per request in seconds (default: the connection's, else 30).
+    :param unpod_max_concurrency: pages of one list requested at once once the first page gave
+        the total (default: the hook's, 10; 1 reads page after page).
     :param xcom_warn_bytes: warn when the returned JSON is larger than this (None: never).
     """
 
@@ -104,6 +106,7 @@ class _UnpodOperatorBase(BaseOperator):
         unpod_retry_limit: int = 5,
         unpod_retry_delay: float = 1.0,
         unpod_timeout: float | None = None,
+        unpod_max_concurrency: int | None = None,
         xcom_warn_bytes: int | None = DEFAULT_XCOM_WARN_BYTES,
         **kwargs: Any,
     ) -> None:
@@ -117,6 +120,14 @@ class _UnpodOperatorBase(BaseOperator):
             or unpod_timeout <= 0
         ):
             raise ValueError(f"unpod_timeout must be a positive number of seconds, got {unpod_timeout!r}")
+        if unpod_max_concurrency is not None and (
+            isinstance(unpod_max_concurrency, bool)
+            or not isinstance(unpod_max_concurrency, int)
+            or unpod_max_concurrency < 1
+        ):
+            raise ValueError(
+                f"unpod_max_concurrency must be an integer >= 1 or None, got {unpod_max_concurrency!r}"
+            )
         if xcom_warn_bytes is not None and (
             isinstance(xcom_warn_bytes, bool) or not isinstance(xcom_warn_bytes, int) or xcom_warn_bytes < 0
         ):
@@ -124,6 +135,7 @@ class _UnpodOperatorBase(BaseOperator):
         self.unpod_retry_limit = unpod_retry_limit
         self.unpod_retry_delay = unpod_retry_delay
         self.unpod_timeout = unpod_timeout
+        self.unpod_max_concurrency = unpod_max_concurrency
         self.xcom_warn_bytes = xcom_warn_bytes
 
     @cached_property
@@ -131,11 +143,15 @@ class _UnpodOperatorBase(BaseOperator):
         """The hook, built on first use (after template rendering), never in ``__init__``."""
         from unpod_provider.hooks.unpod import UnpodHook
 
+        extra: dict[str, Any] = {}
+        if self.unpod_max_concurrency is not None:
+            extra["max_concurrency"] = self.unpod_max_concurrency
         return UnpodHook(
             self.unpod_conn_id,
             retry_limit=self.unpod_retry_limit,
             retry_delay=self.unpod_retry_delay,
             timeout=self.unpod_timeout,
+            **extra,
         )
 
     def validate_rendered(self) -> None:
