@@ -703,6 +703,32 @@ def test_slow_response_within_timeout_completes(api: Api) -> None:
     assert response.status_code == 200 and response.json()["count"] == DEMO_SPACE_RUNS
 
 
+def test_trickle_sends_the_whole_answer_slowly_within_each_read_timeout(api: Api) -> None:
+    full = api.get(demo_runs_path()).content
+    api.sim.inject("trickle", path="/runs/", interval=0.05, chunk_bytes=len(full) // 4 + 1)
+    started = time.perf_counter()
+    response = requests.get(api.url(demo_runs_path()), headers=api.headers, timeout=(2, 0.5))
+    assert response.content == full  # every gap (0.05 s) is within the 0.5 s read timeout
+    assert time.perf_counter() - started >= 3 * 0.05  # four chunks, three gaps
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        api.sim.inject("trickle", interval=0.1, chunk_bytes=0)
+    with pytest.raises(ValueError, match="needs interval"):
+        api.sim.inject("trickle")
+
+
+def test_trickle_stops_when_the_client_hangs_up(api: Api) -> None:
+    api.sim.inject("trickle", path="/runs/", interval=0.2, chunk_bytes=16)
+    with requests.get(
+        api.url(demo_runs_path()), headers=api.headers, timeout=(2, 1), stream=True
+    ) as response:
+        assert len(next(response.iter_content(16))) == 16
+    time.sleep(0.6)  # the simulator notices the closed connection at its next gap
+    assert api.get(demo_runs_path()).status_code == 200
+    (logged,) = [r for r in api.sim.requests if "trickle" in r["faults"]]
+    # Handled and done well before the whole body (16 bytes every 0.2 s) could have been sent.
+    assert logged["duration"] is not None and logged["duration"] < 1.0
+
+
 def test_business_error_and_generic_http(api: Api) -> None:
     sim = api.sim
     sim.inject("business_error", path="/runs/", message="Runs Fetch Failed", errors="upstream error text")

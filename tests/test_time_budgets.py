@@ -171,6 +171,57 @@ async def test_server_that_never_answers_ends_the_async_hook_and_the_trigger(
     assert len(unpod_requests(sim)) == 3
 
 
+#: A trickled answer: 32 bytes every 0.1 s, each gap well within the 0.25 s read timeout used
+#: below, the whole (a list of spaces, a few KB) many times longer than 4 read timeouts (1 s).
+TRICKLE = {"interval": 0.1, "chunk_bytes": 32}
+
+
+def test_trickled_body_ends_at_the_response_deadline(sim: UnpodSimulator) -> None:
+    """The read timeout never fires (a byte keeps coming); the whole-response deadline does."""
+    sim.inject("trickle", path="/spaces/", times=None, **TRICKLE)
+    with (
+        UnpodHook(timeout=0.25, retry_limit=2, retry_delay=0.001) as hook,
+        pytest.raises(UnpodTimeoutError, match=r"whole response took over 1s") as info,
+    ):
+        hook.list_spaces()
+    assert info.value.request_sent is True
+    assert info.value.retryable
+    assert len(unpod_requests(sim, "/spaces/")) == 2  # each attempt cut, then retried once
+
+
+async def test_trickled_body_ends_the_async_hook_at_the_response_deadline(
+    sim: UnpodSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_conn(monkeypatch, sim, timeout=0.25)
+    sim.inject("trickle", path="/runs/", times=None, **TRICKLE)
+    async with UnpodAsyncHook(retry_policy=RetryPolicy(max_attempts=2, base_delay=0.001)) as hook:
+        with pytest.raises(UnpodTimeoutError, match=r"whole response took over 1s"):
+            await hook.afind_run(DEMO_SPACE_TOKEN, "R" + "0" * 32)
+    assert len(unpod_requests(sim, "/runs/")) == 2
+
+
+def test_a_body_complete_but_late_is_kept(mocker: Any) -> None:
+    """Past the deadline the read stops only if more is still coming: a whole body is used."""
+    from unpod_provider.hooks import unpod as hook_module
+
+    class Raw:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = list(chunks)
+
+        def read1(self, amt: int, decode_content: bool) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+    class Streamed:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.raw = Raw(chunks)
+
+    mocker.patch.object(hook_module.time, "monotonic", return_value=100.0)
+    assert hook_module._read_body(Streamed([b'{"a": 1}']), deadline=50.0) == b'{"a": 1}'  # type: ignore[arg-type]
+    assert hook_module._read_body(Streamed([b"{", b"}"]), deadline=150.0) == b"{}"  # type: ignore[arg-type]
+    with pytest.raises(hook_module._ResponseTooSlow):
+        hook_module._read_body(Streamed([b"{", b"}"]), deadline=50.0)  # type: ignore[arg-type]
+
+
 def test_connection_closed_before_any_answer_ends_in_a_connection_error(sim: UnpodSimulator) -> None:
     sim.inject("disconnect", times=None)
     with (

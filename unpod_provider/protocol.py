@@ -46,6 +46,8 @@ AUTH_SCHEMES = ("Token", "Bearer", "JWT")
 DEFAULT_AUTH_SCHEME = "Token"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+#: A whole response (headers and body) must arrive within this many read timeouts.
+RESPONSE_DEADLINE_FACTOR = 4
 
 DEFAULT_PAGE_SIZE = 100
 MIN_PAGE_SIZE = 1
@@ -226,6 +228,16 @@ class ClientConfig:
     @property
     def connect_timeout(self) -> float:
         return min(DEFAULT_CONNECT_TIMEOUT_SECONDS, self.timeout)
+
+    @property
+    def response_deadline(self) -> float:
+        """The most one response may take in all, request sent to last byte.
+
+        The read timeout only bounds the silence between two bytes, so a server that trickles
+        its answer could hold a request for ever; this caps the whole exchange at
+        ``RESPONSE_DEADLINE_FACTOR`` read timeouts (2 minutes by default).
+        """
+        return RESPONSE_DEADLINE_FACTOR * self.timeout
 
     def url(self, path: str) -> str:
         return self.base_url + path

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -176,7 +177,9 @@ class UnpodHook(BaseHook):
 
         session = self.get_conn()
         url = self.config.url(path)
+        deadline = self.config.response_deadline
         try:
+            started = time.monotonic()
             response = session.request(
                 method,
                 url,
@@ -184,8 +187,14 @@ class UnpodHook(BaseHook):
                 json=json_body,
                 timeout=(self.config.connect_timeout, self.config.timeout),
                 allow_redirects=False,
+                stream=True,  # read below, chunk by chunk, against the deadline
             )
-            body = response.content
+            with response:
+                body = _read_body(response, started + deadline)
+        except _ResponseTooSlow:
+            raise UnpodTimeoutError(
+                f"{method} {path}: the whole response took over {deadline:g}s (the server sent it too slowly)"
+            ).with_sent(True) from None
         except requests.exceptions.ConnectTimeout:
             raise UnpodTimeoutError(
                 f"connecting to {self.config.base_url} timed out after {self.config.connect_timeout:g}s",
@@ -544,6 +553,48 @@ def _is_connect_failure(err: Exception) -> bool:
     return _chain_has(err, (NewConnectionError, NameResolutionError, ConnectionRefusedError))
 
 
+class _ResponseTooSlow(Exception):
+    """The response did not arrive whole before its deadline (raised between two chunks)."""
+
+
+#: Most bytes taken from the socket at a time; the deadline is checked between two reads.
+_READ_CHUNK_BYTES = 64 * 1024
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    """The whole body of a streamed response, or ``_ResponseTooSlow`` once ``deadline``
+    (``time.monotonic()``) has passed with more still to come.
+
+    ``read1`` returns whatever has arrived (``read``/``iter_content`` would block until a full
+    chunk), so the deadline is checked after every piece; one piece can overrun it by at most
+    one read timeout. urllib3 errors become the ``requests`` errors ``iter_content`` raises.
+    """
+    import requests
+    from urllib3 import exceptions as urllib3_errors
+
+    raw = response.raw
+    if raw is None:  # a Response built in memory already holds its body
+        return response.content
+    read = getattr(raw, "read1", None)
+    if read is None:  # pragma: no cover - urllib3 < 2.1 (iter_content blocks per chunk instead)
+        return response.content
+    chunks = []
+    try:
+        while chunk := read(_READ_CHUNK_BYTES, decode_content=True):
+            chunks.append(chunk)
+            if time.monotonic() > deadline and read(_READ_CHUNK_BYTES, decode_content=True):
+                raise _ResponseTooSlow  # late, and more to come (a body complete just late is kept)
+    except urllib3_errors.ProtocolError as err:
+        raise requests.exceptions.ChunkedEncodingError(err) from err
+    except urllib3_errors.DecodeError as err:
+        raise requests.exceptions.ContentDecodingError(err) from err
+    except urllib3_errors.ReadTimeoutError as err:
+        raise requests.exceptions.ConnectionError(err) from err
+    except urllib3_errors.SSLError as err:
+        raise requests.exceptions.SSLError(err) from err
+    return b"".join(chunks)
+
+
 def _is_read_timeout(err: Exception) -> bool:
     """True when a requests ``ConnectionError`` wraps urllib3's read timeout (body too slow)."""
     from urllib3.exceptions import ReadTimeoutError
@@ -669,8 +720,13 @@ class UnpodAsyncHook(BaseHook):
         import httpx
 
         client = await self._aclient()
+        deadline = self._config.response_deadline if self._config else protocol.DEFAULT_TIMEOUT_SECONDS
         try:
-            response = await client.request(method, path, params=params)
+            response = await asyncio.wait_for(client.request(method, path, params=params), deadline)
+        except TimeoutError:  # the whole exchange took longer than the deadline (a trickled body)
+            raise UnpodTimeoutError(
+                f"{method} {path}: the whole response took over {deadline:g}s (the server sent it too slowly)"
+            ).with_sent(True) from None
         except httpx.ConnectTimeout:
             raise UnpodTimeoutError(f"connecting to {self._config_base()} timed out").with_sent(
                 False

@@ -355,11 +355,33 @@ class SimulatorMiddleware:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body[:keep], "more_body": True})
             await _close_connection(raw_send)
+        elif kind == "trickle":
+            status, headers, body = await self._capture(scope, receive)
+            hung_up = asyncio.ensure_future(_until_disconnect(receive))
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                step = p["chunk_bytes"]
+                for offset in range(0, len(body), step):
+                    more = offset + step < len(body)
+                    chunk = body[offset : offset + step]
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                    if more:
+                        await asyncio.sleep(p["interval"])
+                        if hung_up.done():
+                            return
+            finally:
+                hung_up.cancel()
         elif kind == "disconnect":
             await self._capture(scope, receive)  # the request reached the server; the answer is lost
             await _close_connection(raw_send, abort=True)
         else:  # pragma: no cover - validate_params refuses unknown kinds
             raise ValueError(f"unknown fault kind {kind!r}")
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    """Return once the client has closed the connection (request body messages are skipped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _retry_after_value(retry_after: Any, retry_after_date: Any) -> str | None:

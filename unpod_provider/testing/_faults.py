@@ -21,6 +21,9 @@ FAULT_KINDS: dict[str, dict[str, Any]] = {
     # a response slower than ``seconds``: before the headers (stage="headers") or after the
     # headers and the first half of the body (stage="body"), to trigger client read timeouts
     "slow": {"seconds": ..., "stage": "headers"},
+    # the real answer sent ``chunk_bytes`` at a time, ``interval`` seconds apart: each gap within
+    # a read timeout, the whole far beyond it (a server that trickles its body)
+    "trickle": {"interval": ..., "chunk_bytes": 64},
     # 429, with Retry-After as seconds (number) / raw text (str) / an HTTP date N seconds ahead
     "rate_limit": {"retry_after": None, "retry_after_date": None, "body": "json"},
     # 500/502/503/504 with a JSON, HTML (Django/nginx style) or empty body
@@ -69,6 +72,11 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"fault {kind!r} needs {', '.join(missing)}")
     if kind in ("latency", "slow"):
         _check_number("seconds", result["seconds"])
+    if kind == "trickle":
+        _check_number("interval", result["interval"])
+        chunk = result["chunk_bytes"]
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"trickle chunk_bytes must be an integer >= 1, got {chunk!r}")
     if kind == "slow" and result["stage"] not in ("headers", "body"):
         raise ValueError("slow fault stage must be 'headers' or 'body'")
     if kind == "server_error" and result["status"] not in (500, 502, 503, 504):
