@@ -669,6 +669,56 @@ def test_429_retry_after_is_capped_by_the_policy(api: FakeApi, hook: UnpodHook, 
     assert sleeps == [hook.retry_policy.max_retry_after]
 
 
+def test_a_429_pauses_every_page_request_of_the_fetch(api: FakeApi, conn: Any) -> None:
+    """Polite to the server: after a 429 (Retry-After: 1) on page 3, no other page request of
+    the concurrent fetch is sent until the pause is over; the list is still whole, in order."""
+    import threading
+    import time
+
+    items = [make_task(n) for n in range(200, 0, -1)]
+    lock = threading.Lock()
+    started: list[tuple[float, int]] = []
+    limited_at: list[float] = []
+
+    def serve(sent: Sent) -> requests.Response:
+        page, size = int(sent.params["page"]), int(sent.params["page_size"])  # type: ignore[index]
+        with lock:
+            started.append((time.monotonic(), page))
+            first_page_3 = page == 3 and not limited_at
+            if first_page_3:
+                limited_at.append(time.monotonic())
+        if first_page_3:
+            return response(429, b'{"detail": "Request was throttled."}', {"Retry-After": "1"})
+        time.sleep(0.3)  # slow pages: without the pause, the other threads would go on at once
+        return response(200, envelope(items[(page - 1) * size : page * size], count=len(items)))
+
+    api.on(f"/spaces/{SPACE}/tasks/", serve)
+    with UnpodHook(retry_delay=0.01, max_concurrency=4) as hook:
+        got = hook.list_space_tasks(SPACE, page_size=10)
+    assert [t["task_id"] for t in got] == [t["task_id"] for t in items]
+    assert sorted(page for _, page in started) == sorted([*range(1, 21), 3])
+    (t429,) = limited_at
+    # A thread may have passed its check just before the pause began: allow a moment for that.
+    during_pause = [page for at, page in started if t429 + 0.25 < at < t429 + 0.9]
+    assert during_pause == []
+    assert any(at >= t429 + 0.9 for at, _ in started)  # and the fetch went on afterwards
+
+
+def test_a_429_pause_never_exceeds_the_retry_budget(api: FakeApi, conn: Any, sleeps: list[float]) -> None:
+    """Retry-After beyond ``max_retry_seconds`` fails the request at once, and holds the other
+    page threads back no longer than that budget."""
+    api.on("/spaces/", response(429, b"", {"Retry-After": "100"}))
+    with UnpodHook(retry_delay=0.01, max_retry_seconds=5) as hook:
+        with pytest.raises(UnpodRateLimitError):
+            hook.list_spaces()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as other_page_thread:
+            held_back = other_page_thread.submit(hook._throttle.remaining).result()
+        assert 4.0 < held_back <= 5.0  # not the 100 s the server asked for
+    assert len(api.sent) == 1 and sleeps == []
+
+
 def test_429_exhausted_is_a_rate_limit_error(api: FakeApi, make_hook: Any, sleeps: list[float]) -> None:
     hook = make_hook(retry_limit=4)
     api.on("/spaces/", response(429, b"", {"Retry-After": "1"}))

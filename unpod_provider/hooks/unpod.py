@@ -253,8 +253,10 @@ class UnpodHook(BaseHook):
                     method=method,
                 )
             except UnpodRateLimitError as err:
-                # One 429 pauses every request of this hook (concurrent pages included).
-                self._throttle.pause(self.retry_policy.delay(1, err))
+                # One 429 pauses every request of this hook (concurrent pages included), never
+                # for longer than one request may spend retrying.
+                policy = self.retry_policy
+                self._throttle.pause(min(policy.delay(1, err), policy.max_total_seconds))
                 raise
 
         retrying = tenacity.Retrying(
