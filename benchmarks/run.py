@@ -30,7 +30,7 @@ from benchmarks._common import REPO_ROOT, workspace
 RESULTS = REPO_ROOT / "benchmarks" / "results.json"
 
 FULL: dict[str, dict[str, Any]] = {
-    "p1": {"n_tasks": 10_000, "latency": 0.05, "repeats": 3},
+    "p1": {"n_tasks": 10_000, "latency": 0.05, "repeats": 5},
     "p2": {"small": 1_000, "large": 100_000},
     "p3": {"n_waits": 1000, "n_shared_spaces": 10, "poll_interval": 1.0, "warmup": 4.0, "window": 10.0},
     "p4": {"runs": 7},
