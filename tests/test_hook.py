@@ -985,7 +985,7 @@ def test_pages_in_flight_never_exceed_max_concurrency(
             peak[0] = max(peak[0], in_flight[0])
             if sent.params and sent.params["page"] == 1:
                 first_page_alone.append(in_flight[0] == 1)
-        time.sleep(0.01)  # long enough for the pool to fill up
+        time.sleep(0.05)  # long enough for every worker thread to be started and busy
         with lock:
             in_flight[0] -= 1
         page, size = int(sent.params["page"]), int(sent.params["page_size"])  # type: ignore[index]

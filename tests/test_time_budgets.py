@@ -171,17 +171,17 @@ async def test_server_that_never_answers_ends_the_async_hook_and_the_trigger(
     assert len(unpod_requests(sim)) == 3
 
 
-#: A trickled answer: 32 bytes every 0.1 s, each gap well within the 0.25 s read timeout used
-#: below, the whole (a list of spaces, a few KB) many times longer than 4 read timeouts (1 s).
-TRICKLE = {"interval": 0.1, "chunk_bytes": 32}
+#: A trickled answer: 16 bytes every 0.1 s, each gap well within the 0.5 s read timeout used
+#: below, the whole (a list of spaces or runs, KBs) many times longer than 4 read timeouts (2 s).
+TRICKLE = {"interval": 0.1, "chunk_bytes": 16}
 
 
 def test_trickled_body_ends_at_the_response_deadline(sim: UnpodSimulator) -> None:
     """The read timeout never fires (a byte keeps coming); the whole-response deadline does."""
     sim.inject("trickle", path="/spaces/", times=None, **TRICKLE)
     with (
-        UnpodHook(timeout=0.25, retry_limit=2, retry_delay=0.001) as hook,
-        pytest.raises(UnpodTimeoutError, match=r"whole response took over 1s") as info,
+        UnpodHook(timeout=0.5, retry_limit=2, retry_delay=0.001) as hook,
+        pytest.raises(UnpodTimeoutError, match=r"whole response took over 2s") as info,
     ):
         hook.list_spaces()
     assert info.value.request_sent is True
@@ -192,10 +192,10 @@ def test_trickled_body_ends_at_the_response_deadline(sim: UnpodSimulator) -> Non
 async def test_trickled_body_ends_the_async_hook_at_the_response_deadline(
     sim: UnpodSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    set_conn(monkeypatch, sim, timeout=0.25)
+    set_conn(monkeypatch, sim, timeout=0.5)
     sim.inject("trickle", path="/runs/", times=None, **TRICKLE)
     async with UnpodAsyncHook(retry_policy=RetryPolicy(max_attempts=2, base_delay=0.001)) as hook:
-        with pytest.raises(UnpodTimeoutError, match=r"whole response took over 1s"):
+        with pytest.raises(UnpodTimeoutError, match=r"whole response took over 2s"):
             await hook.afind_run(DEMO_SPACE_TOKEN, "R" + "0" * 32)
     assert len(unpod_requests(sim, "/runs/")) == 2
 
