@@ -177,7 +177,7 @@ class UnpodHook(BaseHook):
 
         session = self.get_conn()
         url = self.config.url(path)
-        deadline = self.config.response_deadline
+        allowed = self.config.response_deadline
         try:
             started = time.monotonic()
             response = session.request(
@@ -190,10 +190,10 @@ class UnpodHook(BaseHook):
                 stream=True,  # read below, chunk by chunk, against the deadline
             )
             with response:
-                body = _read_body(response, started + deadline)
+                body = _read_body(response, started + allowed)
         except _ResponseTooSlow:
             raise UnpodTimeoutError(
-                f"{method} {path}: the whole response took over {deadline:g}s (the server sent it too slowly)"
+                f"{method} {path}: the whole response took over {allowed:g}s (the server sent it too slowly)"
             ).with_sent(True) from None
         except requests.exceptions.ConnectTimeout:
             raise UnpodTimeoutError(
@@ -722,12 +722,12 @@ class UnpodAsyncHook(BaseHook):
         import httpx
 
         client = await self._aclient()
-        deadline = self._config.response_deadline if self._config else protocol.DEFAULT_TIMEOUT_SECONDS
+        allowed = (await self.aconfig()).response_deadline
         try:
-            response = await asyncio.wait_for(client.request(method, path, params=params), deadline)
-        except TimeoutError:  # the whole exchange took longer than the deadline (a trickled body)
+            response = await asyncio.wait_for(client.request(method, path, params=params), allowed)
+        except TimeoutError:  # the whole exchange took longer than allowed (a trickled body)
             raise UnpodTimeoutError(
-                f"{method} {path}: the whole response took over {deadline:g}s (the server sent it too slowly)"
+                f"{method} {path}: the whole response took over {allowed:g}s (the server sent it too slowly)"
             ).with_sent(True) from None
         except httpx.ConnectTimeout:
             raise UnpodTimeoutError(f"connecting to {self._config_base()} timed out").with_sent(
