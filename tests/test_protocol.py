@@ -677,6 +677,18 @@ def test_status_filters_accept_one_value_or_several() -> None:
             protocol.normalize_statuses(bad)  # type: ignore[arg-type]
 
 
+def test_status_list_keeps_order_and_drops_repeats() -> None:
+    """Sensor and trigger states: their order is kept (it is what the user wrote)."""
+    assert protocol.status_list([" Completed", "partially_completed", "completed"]) == (
+        "completed",
+        "partially_completed",
+    )
+    assert protocol.status_list("FAILED", "failed_states") == ("failed",)
+    for bad, message in (([], "at least one"), ([" "], "non-empty"), (7, "a string or a list")):
+        with pytest.raises(ValueError, match=f"failed_states.*{message}"):
+            protocol.status_list(bad, "failed_states")  # type: ignore[arg-type]
+
+
 def test_project_keeps_dotted_fields_nested() -> None:
     task = json.loads(sample("run_tasks_completed_call"))["data"][0]
     projected = protocol.project(

@@ -866,25 +866,33 @@ def is_terminal_run_status(status: str) -> bool:
     return status in RUN_STATUSES_TERMINAL
 
 
-def normalize_statuses(status: str | Iterable[str] | None, name: str = "status") -> frozenset[str] | None:
-    """Accept one status or several; None means no filter."""
-    if status is None:
-        return None
-    if isinstance(status, str):
-        values = [status]
+def status_list(statuses: str | Iterable[str], name: str = "status") -> tuple[str, ...]:
+    """One status or several, stripped, lower-cased, de-duplicated in order.
+
+    ``ValueError`` naming ``name`` for anything else, an empty string or an empty list.
+    """
+    if isinstance(statuses, str):
+        values = [statuses]
     else:
         try:
-            values = list(status)
+            values = list(statuses)
         except TypeError:
             raise ValueError(f"{name} must be a string or a list of strings") from None
-    cleaned = set()
+    result: list[str] = []
     for value in values:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must contain non-empty strings, got {value!r}")
-        cleaned.add(value.strip().lower())
-    if not cleaned:
+        cleaned = value.strip().lower()
+        if cleaned not in result:
+            result.append(cleaned)
+    if not result:
         raise ValueError(f"{name} must name at least one status")
-    return frozenset(cleaned)
+    return tuple(result)
+
+
+def normalize_statuses(status: str | Iterable[str] | None, name: str = "status") -> frozenset[str] | None:
+    """A status filter: one status or several (see ``status_list``); None means no filter."""
+    return None if status is None else frozenset(status_list(status, name))
 
 
 def status_matches(item: Mapping[str, Any], statuses: frozenset[str] | None) -> bool:

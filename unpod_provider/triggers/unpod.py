@@ -68,32 +68,12 @@ MAX_LOOKUPS_IN_FLIGHT = 8
 # --------------------------------------------------------------------------------------------
 
 
-def normalize_states(states: Iterable[str] | str, name: str) -> tuple[str, ...]:
-    """Lower-case, de-duplicated, order-kept states; ``ValueError`` naming ``name`` if empty or bad."""
-    if isinstance(states, str):
-        states = [states]
-    try:
-        values = list(states)
-    except TypeError:
-        raise ValueError(f"{name} must be a list of run statuses") from None
-    result: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{name} must contain non-empty strings, got {value!r}")
-        cleaned = value.strip().lower()
-        if cleaned not in result:
-            result.append(cleaned)
-    if not result:
-        raise ValueError(f"{name} must name at least one run status")
-    return tuple(result)
-
-
 def validate_states(
     success_states: Iterable[str], failed_states: Iterable[str]
 ) -> tuple[list[str], list[str]]:
     """Normalize both lists and refuse a status that is in both (which outcome would win?)."""
-    success = normalize_states(success_states, "success_states")
-    failed = normalize_states(failed_states, "failed_states")
+    success = protocol.status_list(success_states, "success_states")
+    failed = protocol.status_list(failed_states, "failed_states")
     overlap = sorted(set(success) & set(failed))
     if overlap:
         raise ValueError(f"success_states and failed_states both contain {', '.join(overlap)}")
@@ -623,7 +603,6 @@ __all__ = [
     "RunCompletedTrigger",
     "check_run",
     "make_event",
-    "normalize_states",
     "unknown_status_message",
     "validate_states",
 ]
