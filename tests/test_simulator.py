@@ -385,6 +385,19 @@ def test_append_runs_and_run_tasks(sim: UnpodSimulator) -> None:
     count = len(sim.run_tasks(run_id))
     sim.append_run_tasks(run_id, 3)
     assert len(sim.run_tasks(run_id)) == count + 3
+    with pytest.raises(ValueError, match="items must be 'tasks' or 'runs'"):
+        sim.append_items(DEMO_SPACE_TOKEN, 1, items="calls")
+
+
+def test_append_over_the_control_api(sim: UnpodSimulator) -> None:
+    url = f"{sim.base_url}/_sim/spaces/{DEMO_SPACE_TOKEN}/append"
+    before = len(sim.space_runs(DEMO_SPACE_TOKEN))
+    made = requests.post(url, json={"n": 2, "items": "runs"}, timeout=5)
+    assert made.status_code == 200 and len(made.json()["runs"]) == 2
+    assert len(sim.space_runs(DEMO_SPACE_TOKEN)) == before + 2
+    bad = requests.post(url, json={"n": 1, "items": "calls"}, timeout=5)
+    assert bad.status_code == 400 and "items" in bad.json()["error"]
+    assert len(sim.space_runs(DEMO_SPACE_TOKEN)) == before + 2
 
 
 # ============================================================================================

@@ -283,14 +283,14 @@ class SimulatorMiddleware:
         token, n = parts[1], params["n"]
         run_tasks = len(parts) >= 5 and parts[2] == "runs" and parts[4] == "tasks"
         items = params["items"] or ("runs" if parts[2:] == ["runs"] else "tasks")
-        if items == "runs":
-            self.state.append_runs(token, n, status=params["status"], tasks_per_run=params["tasks_per_run"])
-        elif run_tasks:
+        if run_tasks and items == "tasks":
             run = self.state.runs.get(parts[3])
             if run is not None and run.space.token == token:
                 self.state.append_run_tasks(parts[3], n)
-        else:
-            self.state.append_tasks(token, n, status=params["status"])
+            return
+        self.state.append_items(
+            token, n, items=items, status=params["status"], tasks_per_run=params["tasks_per_run"]
+        )
 
     async def _answer(self, fault: Fault, scope: Scope, receive: Receive, send: Send, raw_send: Send) -> None:
         """Answer the request as the fault says."""
@@ -755,12 +755,13 @@ def _add_control_routes(api: FastAPI, state: SimState) -> None:
         body = await _json_body(request)
 
         def action() -> dict[str, Any]:
-            n = body.get("n", 1)
-            status = body.get("status", "completed")
-            if body.get("items", "tasks") == "runs":
-                runs = state.append_runs(token, n, status=status, tasks_per_run=body.get("tasks_per_run", 1))
-            else:
-                runs = [state.append_tasks(token, n, status=status)]
+            runs = state.append_items(
+                token,
+                body.get("n", 1),
+                items=body.get("items", "tasks"),
+                status=body.get("status", "completed"),
+                tasks_per_run=body.get("tasks_per_run", 1),
+            )
             return {"runs": [r.run_id for r in runs]}
 
         return _control(action)

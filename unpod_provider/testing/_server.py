@@ -249,12 +249,7 @@ class UnpodSimulator:
         self, space: str, n: int, *, items: str = "tasks", status: str = "completed", tasks_per_run: int = 1
     ) -> list[str]:
         """Put ``n`` new tasks (one new run) or ``n`` new runs at the head of a space; returns run ids."""
-        if items == "runs":
-            runs = self.state.append_runs(space, n, status=status, tasks_per_run=tasks_per_run)
-        elif items == "tasks":
-            runs = [self.state.append_tasks(space, n, status=status)]
-        else:
-            raise ValueError("items must be 'tasks' or 'runs'")
+        runs = self.state.append_items(space, n, items=items, status=status, tasks_per_run=tasks_per_run)
         return [run.run_id for run in runs]
 
     def append_run_tasks(self, run_id: str, n: int) -> None:

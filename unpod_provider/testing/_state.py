@@ -309,6 +309,22 @@ class SimState:
         with self.lock:
             return [self.add_run(space_token, tasks_per_run, final_status=status) for _ in range(n)]
 
+    def append_items(
+        self,
+        space_token: str,
+        n: int,
+        *,
+        items: str = "tasks",
+        status: str = "completed",
+        tasks_per_run: int = 1,
+    ) -> list[SimRun]:
+        """``n`` new tasks (one new run holding them) or ``n`` new runs at the head of a space."""
+        if items == "runs":
+            return self.append_runs(space_token, n, status=status, tasks_per_run=tasks_per_run)
+        if items == "tasks":
+            return [self.append_tasks(space_token, n, status=status)]
+        raise ValueError(f"items must be 'tasks' or 'runs', got {items!r}")
+
     def append_run_tasks(self, run_id: str, n: int) -> None:
         """``n`` new tasks at the head of an existing run."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
