@@ -20,7 +20,7 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from unpod_provider import __version__
+from unpod_provider import __version__, protocol
 from unpod_provider.exceptions import (
     UnpodAuthError,
     UnpodBadRequestError,
@@ -39,7 +39,7 @@ from unpod_provider.exceptions import (
 from unpod_provider.hooks.unpod import UnpodHook
 
 DATA = Path(__file__).parent / "data"
-PREFIX = "/api/v2/platform"
+PREFIX = protocol.API_PREFIX.rstrip("/")  # paths in these tests start with "/"
 SPACE = "8KZAMRAHSXXXXXXMAYNASMJC"
 RUN = "R40fe5eface1511f082ac156368e7acc4"
 #: A recognisable token: it must never show up in a log line, an error or a repr.

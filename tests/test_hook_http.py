@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from unpod_provider import __version__
+from unpod_provider import __version__, protocol
 from unpod_provider.exceptions import (
     UnpodAuthError,
     UnpodBadRequestError,
@@ -46,7 +46,7 @@ from unpod_provider.testing import (
     UnpodSimulator,
 )
 
-PREFIX = "/api/v2/platform"
+PREFIX = protocol.API_PREFIX.rstrip("/")  # paths in these tests start with "/"
 CONTACTS = [
     {"name": "Rajesh Kumar", "contact_number": "+919988776655", "document_id": "lead-1"},
     {"name": "Anita Rao", "email": "anita@example.com", "document_id": "lead-2"},
