@@ -495,6 +495,36 @@ def test_dropped_connection_exhausted_is_a_connection_error(
     assert len(unpod_requests(sim)) == 3
 
 
+def test_undecodable_body_is_a_typed_retried_error(sim: UnpodSimulator, hook: UnpodHook) -> None:
+    """A body that says gzip but is not: a typed error (after the retries), not urllib3's."""
+    sim.inject(
+        "http",
+        path="/spaces/",
+        status=200,
+        body="not gzip at all",
+        headers={"Content-Encoding": "gzip"},
+        times=None,
+    )
+    with pytest.raises(UnpodConnectionError, match=r"could not be decoded.*ContentDecodingError") as info:
+        hook.list_spaces()
+    assert info.value.request_sent is True
+    assert len(unpod_requests(sim)) == 3
+
+
+async def test_undecodable_body_is_a_typed_error_in_the_async_hook(sim: UnpodSimulator) -> None:
+    from unpod_provider.hooks.unpod import UnpodAsyncHook
+    from unpod_provider.protocol import RetryPolicy
+
+    sim.inject(
+        "http", path="/runs/", body="not gzip", headers={"Content-Encoding": "gzip"}, status=200, times=None
+    )
+    async with UnpodAsyncHook(retry_policy=RetryPolicy(max_attempts=2, base_delay=0.001)) as hook:
+        with pytest.raises(UnpodConnectionError, match="DecodingError") as info:
+            await hook.afind_run(DEMO_SPACE_TOKEN, "R" + "0" * 32)
+    assert info.value.request_sent is True
+    assert len(unpod_requests(sim)) == 2
+
+
 def test_refused_connection_is_a_connection_error(
     monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
 ) -> None:

@@ -214,9 +214,14 @@ class UnpodHook(BaseHook):
             raise UnpodConnectionError(
                 f"{method} {path}: {reason} {self.config.base_url} ({type(err).__name__})"
             ).with_sent(sent) from None
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as err:
+        except requests.exceptions.ChunkedEncodingError as err:
             raise UnpodConnectionError(
                 f"{method} {path}: the response body was cut off ({type(err).__name__})"
+            ).with_sent(True) from None
+        except requests.exceptions.ContentDecodingError as err:
+            raise UnpodConnectionError(
+                f"{method} {path}: the response body could not be decoded as its Content-Encoding "
+                f"says ({type(err).__name__})"
             ).with_sent(True) from None
         return response.status_code, body, response.headers
 
