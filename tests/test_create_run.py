@@ -39,7 +39,7 @@ from unpod_provider.exceptions import (
     UnpodRunFailedError,
     UnpodRunNotFinishedError,
 )
-from unpod_provider.hooks.unpod import UnpodAsyncHook, UnpodHook
+from unpod_provider.hooks.unpod import UnpodHook
 from unpod_provider.operators.unpod import CreateRunOperator, read_documents
 from unpod_provider.sensors.unpod import XCOM_RUN_KEY
 from unpod_provider.testing import DEMO_AGENT_HANDLE, DEMO_SPACE_TOKEN, UnpodSimulator
@@ -167,30 +167,10 @@ def sim(unpod_simulator_shared: UnpodSimulator) -> UnpodSimulator:
 
 
 @pytest.fixture
-def moving_sim(sim: UnpodSimulator, mocker: Any) -> UnpodSimulator:
-    """New runs go pending -> running -> completed, one status per look (sync or async).
-
-    The clock moves ``STEP`` simulated seconds after every look, so each test knows which
-    status every look sees whatever the real poll interval; the looks are real HTTP.
-    """
+def moving_sim(sim: UnpodSimulator, clock_moves_per_look: Any) -> UnpodSimulator:
+    """New runs go pending -> running -> completed, one status per look (sync or async)."""
     sim.state.update_settings(default_timeline=[("pending", 0), ("running", STEP), ("completed", 2 * STEP)])
-    sync_find, async_find = UnpodHook.find_run, UnpodAsyncHook.afind_run
-
-    def find_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return sync_find(self, *args, **kwargs)
-        finally:
-            sim.advance(STEP)
-
-    async def afind_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await async_find(self, *args, **kwargs)
-        finally:
-            sim.advance(STEP)
-
-    mocker.patch.object(UnpodHook, "find_run", find_run)
-    mocker.patch.object(UnpodAsyncHook, "afind_run", afind_run)
-    return sim
+    return clock_moves_per_look(sim, STEP)
 
 
 # --------------------------------------------------------------------------------------------

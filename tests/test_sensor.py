@@ -610,32 +610,9 @@ TIMELINE = [("pending", 0), ("running", STEP), ("completed", 2 * STEP)]
 
 
 @pytest.fixture
-def sim(unpod_simulator_shared: Any, mocker: Any) -> Any:
-    """The simulator, its clock moving ``STEP`` seconds after every look (sync or async).
-
-    Runs then change status between two looks whatever the real poll interval, so each test
-    knows exactly which statuses the sensor sees; the lookups themselves are real HTTP.
-    """
-    from unpod_provider.hooks.unpod import UnpodAsyncHook
-
-    simulator = unpod_simulator_shared
-    sync_find, async_find = UnpodHook.find_run, UnpodAsyncHook.afind_run
-
-    def find_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return sync_find(self, *args, **kwargs)
-        finally:
-            simulator.advance(STEP)
-
-    async def afind_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await async_find(self, *args, **kwargs)
-        finally:
-            simulator.advance(STEP)
-
-    mocker.patch.object(UnpodHook, "find_run", find_run)
-    mocker.patch.object(UnpodAsyncHook, "afind_run", afind_run)
-    return simulator
+def sim(unpod_simulator_shared: Any, clock_moves_per_look: Any) -> Any:
+    """The simulator, its clock moving ``STEP`` seconds after every look (sync or async)."""
+    return clock_moves_per_look(unpod_simulator_shared, STEP)
 
 
 def space() -> str:
