@@ -51,6 +51,7 @@ from typing import Any
 
 import pytest
 import tenacity
+from fakes import FakeTI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -303,20 +304,6 @@ class Verdict:
     error_type: str | None = None
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-class FakeTI:
-    """The slice of a task instance the operators and the sensor use outside the task runner."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # Airflow 3 XCom is JSON
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
 
 
 def make_context(ti: FakeTI) -> dict[str, Any]:

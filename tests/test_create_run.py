@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from fakes import FakeTI
 
 from unpod_provider import protocol
 from unpod_provider.exceptions import (
@@ -66,33 +67,27 @@ STEP = 10.0
 # --------------------------------------------------------------------------------------------
 
 
-class FakeTI:
-    """The slice of the runtime task instance the operator and template rendering use."""
+class CreateRunTI(FakeTI):
+    """``FakeTI`` plus what the create-run operator reads: the try number and where it stands,
+    and how many requests the simulator had seen when the run reference was pushed."""
 
     def __init__(
         self, sim: UnpodSimulator | None = None, *, try_number: int = 1, xcoms: dict[Any, Any] | None = None
     ) -> None:
+        super().__init__(xcoms)
         self.sim = sim
         self.try_number = try_number
         self.task_id = "start_campaign"
         self.map_index = -1
-        self.xcoms = xcoms or {}
-        self.pushed: dict[str, Any] = {}
         self.requests_at_push: int | None = None
 
     def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # Airflow 3 XCom is JSON only
-        self.pushed[key] = value
+        super().xcom_push(key, value)
         if self.sim is not None:
             self.requests_at_push = len(self.sim.requests)
 
-    def xcom_pull(
-        self, task_ids: Any = None, key: str = "return_value", default: Any = None, **_: Any
-    ) -> Any:
-        return self.xcoms.get((task_ids, key), default)
 
-
-def make_context(ti: FakeTI, dag_run_start: datetime | None = None, **params: Any) -> Any:
+def make_context(ti: CreateRunTI, dag_run_start: datetime | None = None, **params: Any) -> Any:
     start = dag_run_start or datetime.now(timezone.utc) - timedelta(minutes=1)
     return {"ti": ti, "params": params, "dag_run": SimpleNamespace(start_date=start)}
 
@@ -227,7 +222,7 @@ def test_deferrable_default_comes_from_config() -> None:
 
 
 def test_creates_at_the_documented_path_and_pushes_the_run_id(sim: UnpodSimulator) -> None:
-    ti = FakeTI(sim)
+    ti = CreateRunTI(sim)
     result = make_op().execute(make_context(ti))
     assert set(result) == {"run_id", "task_ids", "status"}
     run_id = result["run_id"]
@@ -248,7 +243,7 @@ def test_creates_at_the_documented_path_and_pushes_the_run_id(sim: UnpodSimulato
 
 def test_accepts_the_docs_string_status(sim: UnpodSimulator) -> None:
     sim.docs_mode = True
-    result = make_op().execute(make_context(FakeTI()))
+    result = make_op().execute(make_context(CreateRunTI()))
     assert result["status"] == "pending" and len(result["task_ids"]) == 3
 
 
@@ -258,7 +253,7 @@ def test_falls_back_to_the_server_path_on_404_or_405_only(sim: UnpodSimulator, s
         sim.create_paths = "server"  # the documented path does not exist (Django's HTML 404)
     else:
         sim.inject("http", path="/tasks/create/", method="POST", status=405, body={"detail": "nope"})
-    result = make_op().execute(make_context(FakeTI()))
+    result = make_op().execute(make_context(CreateRunTI()))
     assert posts(sim) == [(DOCS_PATH, status), (SERVER_PATH, 200)]
     assert sim.create_count == 1 and sim.get_run(result["run_id"])["n_tasks"] == 3
 
@@ -283,7 +278,7 @@ def test_other_refusals_neither_fall_back_nor_retry(
     sim: UnpodSimulator, fault: dict[str, Any], error: type[Exception]
 ) -> None:
     sim.inject(path="/tasks/create/", method="POST", times=None, **fault)
-    ti = FakeTI()
+    ti = CreateRunTI()
     with pytest.raises(error) as info:
         make_op().execute(make_context(ti))
     assert not isinstance(info.value, UnpodCreateRunUncertainError)
@@ -309,7 +304,7 @@ def test_never_sent_twice_once_it_may_have_reached_the_server(
     sim: UnpodSimulator, fault: dict[str, Any], processed: bool
 ) -> None:
     sim.inject(path="/tasks/create/", method="POST", times=None, **fault)
-    ti = FakeTI()
+    ti = CreateRunTI()
     with pytest.raises(UnpodCreateRunUncertainError) as info:
         make_op(unpod_retry_limit=5, unpod_timeout=0.3).execute(make_context(ti))
     message = str(info.value)
@@ -324,7 +319,7 @@ def test_never_sent_twice_once_it_may_have_reached_the_server(
 
 def test_429_is_retried_and_creates_once(sim: UnpodSimulator) -> None:
     sim.inject("rate_limit", path="/tasks/create/", method="POST", retry_after=0, times=2)
-    result = make_op().execute(make_context(FakeTI()))
+    result = make_op().execute(make_context(CreateRunTI()))
     assert posts(sim) == [(DOCS_PATH, 429), (DOCS_PATH, 429), (DOCS_PATH, 200)]
     assert sim.create_count == 1 and result["run_id"]
 
@@ -339,7 +334,7 @@ def test_refused_connection_is_retried_then_a_connection_error(
     monkeypatch.setenv("AIRFLOW_CONN_UNPOD_DEFAULT", json.dumps({**conn, "extra": {"org_handle": "acme"}}))
     send = mocker.spy(UnpodHook, "_send")
     with pytest.raises(UnpodConnectionError, match="could not connect") as info:
-        make_op(unpod_retry_limit=3).execute(make_context(FakeTI()))
+        make_op(unpod_retry_limit=3).execute(make_context(CreateRunTI()))
     assert not isinstance(info.value, UnpodCreateRunUncertainError) and info.value.request_sent is False
     assert send.call_count == 3
 
@@ -348,14 +343,14 @@ def test_the_servers_206_validation_error_names_the_field(sim: UnpodSimulator) -
     body = json.loads((DATA / "error_206_validation.json").read_text(encoding="utf-8"))
     sim.inject("http", path="/tasks/create/", method="POST", status=206, body=body)
     with pytest.raises(UnpodBusinessError) as info:
-        make_op().execute(make_context(FakeTI()))
+        make_op().execute(make_context(CreateRunTI()))
     assert "context: This field is required." in str(info.value)
     assert info.value.errors == {"context": ["This field is required."]}
     assert len(posts(sim)) == 1
 
     # The simulator's own validation, like the server's: a pilot that is not an agent of the space.
     with pytest.raises(UnpodBusinessError, match="pilot: Agent 'nobody' is not an agent of this space"):
-        make_op(pilot="nobody").execute(make_context(FakeTI()))
+        make_op(pilot="nobody").execute(make_context(CreateRunTI()))
     assert sim.create_count == 0
 
 
@@ -369,7 +364,7 @@ def test_the_servers_206_validation_error_names_the_field(sim: UnpodSimulator) -
     ],
 )
 def test_schedule_forms(sim: UnpodSimulator, schedule: Any, status: str) -> None:
-    result = make_op(schedule=schedule).execute(make_context(FakeTI()))
+    result = make_op(schedule=schedule).execute(make_context(CreateRunTI()))
     assert sim.run_status(result["run_id"]) == status
     (post,) = [r for r in sim.requests if r["method"] == "POST"]
     assert post["body"]["schedule"] == protocol.validate_schedule(schedule)
@@ -435,7 +430,7 @@ def test_invalid_input_refused_before_any_request(
     sim: UnpodSimulator, tmp_path: Path, overrides: dict[str, Any], message: str
 ) -> None:
     overrides = {k: v(tmp_path) if callable(v) else v for k, v in overrides.items()}
-    ti = FakeTI()
+    ti = CreateRunTI()
     op = make_op(**overrides)
     with pytest.raises(ValueError, match=message):
         op.execute(make_context(ti))
@@ -464,7 +459,7 @@ def test_documents_from_an_xcomarg(sim: UnpodSimulator) -> None:
         select = BaseOperator(task_id="select_leads")
         op = make_op(documents=select.output)
     assert select in op.upstream_list
-    ti = FakeTI(xcoms={("select_leads", "return_value"): CONTACTS})
+    ti = CreateRunTI(xcoms={("select_leads", "return_value"): CONTACTS})
     context = make_context(ti)
     op.render_template_fields(context)
     assert op.documents == CONTACTS
@@ -483,7 +478,7 @@ def test_a_5000_contact_batch_from_a_file_is_one_post(sim: UnpodSimulator, tmp_p
     else:
         path.write_text("".join(json.dumps(d) + "\n" for d in leads), encoding="utf-8")
         uri = path.as_uri()
-    result = make_op(documents=uri, xcom_warn_bytes=None).execute(make_context(FakeTI()))
+    result = make_op(documents=uri, xcom_warn_bytes=None).execute(make_context(CreateRunTI()))
     assert posts(sim) == [(DOCS_PATH, 200)]  # one request for the whole batch
     (post,) = [r for r in sim.requests if r["method"] == "POST"]
     assert post["body"]["documents"] == leads
@@ -502,7 +497,7 @@ def test_documents_path_and_space_token_are_templated(sim: UnpodSimulator, tmp_p
         documents="{{ params.leads }}",
         schedule="{{ params.when }}",
     )
-    ti = FakeTI(sim)
+    ti = CreateRunTI(sim)
     context = make_context(ti, space=SPACE, pilot=DEMO_AGENT_HANDLE, leads=uri, when="auto")
     op.render_template_fields(context)
     assert (op.space_token, op.documents, op.schedule) == (SPACE, uri, "auto")
@@ -519,7 +514,7 @@ def test_documents_path_and_space_token_are_templated(sim: UnpodSimulator, tmp_p
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_waits_through_pending_and_running_and_returns_the_run(moving_sim: UnpodSimulator, mode: str) -> None:
     sim = moving_sim
-    ti = FakeTI(sim)
+    ti = CreateRunTI(sim)
     result = run_to_end(mode, ti)
     run_id = ti.pushed[XCOM_RUN_KEY]["run_id"]
     assert ti.requests_at_push == 1  # pushed right after the POST, before the first look
@@ -533,7 +528,7 @@ def test_waits_through_pending_and_running_and_returns_the_run(moving_sim: Unpod
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_a_failed_run_fails_the_task_without_retries(moving_sim: UnpodSimulator, mode: str) -> None:
     moving_sim.state.update_settings(default_timeline=[("running", 0), ("failed", STEP)])
-    ti = FakeTI()
+    ti = CreateRunTI()
     with pytest.raises(UnpodRunFailedError) as info:
         run_to_end(mode, ti)
     assert isinstance(info.value, AirflowFailException) and info.value.run_status == "failed"
@@ -543,7 +538,7 @@ def test_a_failed_run_fails_the_task_without_retries(moving_sim: UnpodSimulator,
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_wait_timeout_names_the_last_status(sim: UnpodSimulator, mode: str) -> None:
     sim.state.update_settings(default_timeline=[("running", 0)])
-    ti = FakeTI()
+    ti = CreateRunTI()
     with pytest.raises(UnpodRunNotFinishedError) as info:
         run_to_end(mode, ti, timeout=0.2)
     run_id = ti.pushed[XCOM_RUN_KEY]["run_id"]
@@ -554,11 +549,11 @@ def test_api_token_is_in_no_log_xcom_or_rendered_field(
     moving_sim: UnpodSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sim = moving_sim
-    ti = FakeTI(sim)
+    ti = CreateRunTI(sim)
     result = run_to_end("deferrable", ti)
     sim.inject("disconnect", path="/tasks/create/", method="POST")
     with pytest.raises(UnpodCreateRunUncertainError) as info:
-        make_op().execute(make_context(FakeTI()))
+        make_op().execute(make_context(CreateRunTI()))
     out = capsys.readouterr()
     assert "Starting an Unpod run in space" in out.out  # the operator's log is captured here
     for text in (out.out, out.err, json.dumps(ti.pushed), json.dumps(result), str(info.value)):
@@ -578,11 +573,11 @@ def test_retry_after_an_uncertain_create_resumes_the_run_the_server_made(
     sim = moving_sim
     sim.inject("disconnect", path="/tasks/create/", method="POST")  # created, but the answer is lost
     with pytest.raises(UnpodCreateRunUncertainError):
-        make_op(wait_for_completion=True).execute(make_context(FakeTI(try_number=1)))
+        make_op(wait_for_completion=True).execute(make_context(CreateRunTI(try_number=1)))
     assert sim.create_count == 1
     (created,) = [r for r in sim.space_runs(SPACE) if r["status"] == "pending"]
 
-    ti = FakeTI(try_number=2)  # Airflow 3 cleared the first try's XComs
+    ti = CreateRunTI(try_number=2)  # Airflow 3 cleared the first try's XComs
     result = make_op(wait_for_completion=True).execute(make_context(ti))
     assert sim.create_count == 1 and len(posts(sim)) == 1  # no second run
     assert result["run_id"] == created["run_id"] and result["status"] == "completed"
@@ -591,8 +586,8 @@ def test_retry_after_an_uncertain_create_resumes_the_run_the_server_made(
 
 
 def test_retry_without_wait_returns_the_earlier_runs_tasks(sim: UnpodSimulator) -> None:
-    first = make_op().execute(make_context(FakeTI()))
-    again = make_op().execute(make_context(FakeTI(try_number=3)))
+    first = make_op().execute(make_context(CreateRunTI()))
+    again = make_op().execute(make_context(CreateRunTI(try_number=3)))
     assert again["run_id"] == first["run_id"] and sorted(again["task_ids"]) == sorted(first["task_ids"])
     assert again["status"] == first["status"]
     assert sim.create_count == 1
@@ -611,20 +606,20 @@ def test_retry_without_wait_returns_the_earlier_runs_tasks(sim: UnpodSimulator) 
 def test_retry_starts_a_run_when_no_earlier_one_matches(sim: UnpodSimulator, case: str, creates: int) -> None:
     if case != "no earlier run":
         docs = {"other contacts": [lead(1), lead(2), lead(3)], "one contact more": [*CONTACTS, lead(9)]}
-        make_op(documents=docs.get(case, CONTACTS)).execute(make_context(FakeTI()))
+        make_op(documents=docs.get(case, CONTACTS)).execute(make_context(CreateRunTI()))
     start = datetime.now(timezone.utc) + (
         timedelta(hours=1) if case == "before the dag run started" else -timedelta(minutes=1)
     )
     on_retry = "create" if case == "on_retry=create" else "resume"
-    result = make_op(on_retry=on_retry).execute(make_context(FakeTI(try_number=2), dag_run_start=start))
+    result = make_op(on_retry=on_retry).execute(make_context(CreateRunTI(try_number=2), dag_run_start=start))
     assert sim.create_count == creates
     assert result["run_id"] == sim.space_runs(SPACE)[0]["run_id"]  # the newest run: the new one
 
 
 def test_retry_with_on_retry_fail_starts_nothing(sim: UnpodSimulator) -> None:
-    make_op().execute(make_context(FakeTI()))
+    make_op().execute(make_context(CreateRunTI()))
     with pytest.raises(AirflowFailException, match=f"check the runs of space {SPACE}"):
-        make_op(on_retry="fail").execute(make_context(FakeTI(try_number=2)))
+        make_op(on_retry="fail").execute(make_context(CreateRunTI(try_number=2)))
     assert sim.create_count == 1 and len(posts(sim)) == 1
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fakes import FakeTI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -173,17 +174,6 @@ def test_page_size_bounds_are_accepted() -> None:
 # --------------------------------------------------------------------------------------------
 # Operators and the sensor: validated after rendering, in execute
 # --------------------------------------------------------------------------------------------
-
-
-class FakeTI:
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
 
 
 def _operators() -> list[tuple[str, Callable[..., Any], tuple[str, ...]]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk import DAG, BaseOperator
+from fakes import FakeTI
 
 from unpod_provider import protocol
 from unpod_provider.exceptions import UnpodBusinessError, UnpodServerError
@@ -33,23 +34,9 @@ from unpod_provider.testing import DEMO_SPACE_TOKEN, SIM_ORG_HANDLE, UnpodSimula
 SENSITIVE = protocol.SENSITIVE_TASK_FIELDS
 
 
-class StubTI:
-    """The slice of a runtime task instance that template rendering and XComArgs use."""
-
-    def __init__(self, xcoms: dict[tuple[str, str], Any]) -> None:
-        self.xcoms = xcoms
-        self.pulls: list[tuple[Any, Any]] = []
-
-    def xcom_pull(
-        self, task_ids: Any = None, key: str = "return_value", default: Any = None, **kwargs: Any
-    ) -> Any:
-        self.pulls.append((task_ids, key))
-        return self.xcoms.get((task_ids, key), default)
-
-
 def context(xcoms: dict[tuple[str, str], Any] | None = None, **params: Any) -> Any:
     """A minimal task context (typed Any: it stands in for airflow.sdk.Context)."""
-    return {"ti": StubTI(xcoms or {}), "params": params}
+    return {"ti": FakeTI(xcoms), "params": params}
 
 
 def redacted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

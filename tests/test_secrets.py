@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeTI
 from test_campaign import SECRET_TOKEN as CAMPAIGN_TOKEN
 from test_campaign import campaign_simulator, fast_retries, run_campaign  # noqa: F401 - fixture
 
@@ -48,19 +49,6 @@ SECRET = "UNPODSECRET" + secrets.token_hex(16)
 WRONG = "UNPODSECRETWRONG" + secrets.token_hex(12)
 DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags_examples"
 LOGGERS = ("", "urllib3", "requests", "httpx", "httpcore", "tenacity", "unpod_provider", "airflow", "asyncio")
-
-
-class FakeTI:
-    """What operators and the sensor push to XCom, kept to be searched."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = json.loads(json.dumps(value))
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
 
 
 class Evidence:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from fakes import FakeTI
 
 from unpod_provider._compat import (
     AirflowFailException,
@@ -49,25 +50,6 @@ def run_obj(status: str, run_id: str = RUN_ID) -> dict[str, Any]:
         "created": "2025-11-30T17:51:52",
         "modified": "2025-11-30T17:51:52",
     }
-
-
-class FakeTI:
-    """The slice of the runtime task instance the sensor and Airflow's sensor base use."""
-
-    def __init__(self, xcoms: dict[tuple[str | None, str], Any] | None = None) -> None:
-        self.pushed: dict[str, Any] = {}
-        self.xcoms = xcoms or {}
-        self.first_reschedule: datetime | str | None = None
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        json.dumps(value)  # Airflow 3 XCom is JSON only
-        self.pushed[key] = value
-
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **kwargs: Any) -> Any:
-        return self.xcoms.get((task_ids, key))
-
-    def get_first_reschedule_date(self, context: Any) -> datetime | str | None:
-        return self.first_reschedule
 
 
 def make_context(ti: FakeTI | None = None, **extra: Any) -> dict[str, Any]:

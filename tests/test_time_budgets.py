@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import tenacity
+from fakes import FakeTI
 
 from unpod_provider.exceptions import (
     UnpodConnectionError,
@@ -286,17 +287,6 @@ def test_a_retry_after_longer_than_the_budget_fails_at_once(
 # --------------------------------------------------------------------------------------------
 # A sensor's wait respects its timeout
 # --------------------------------------------------------------------------------------------
-
-
-class FakeTI:
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
 
 
 def test_poke_sensor_ends_at_its_timeout(sim: UnpodSimulator) -> None:
