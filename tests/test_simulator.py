@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -818,6 +822,336 @@ def test_fault_matching_times_skip_forever(api: Api) -> None:
 
 
 # ============================================================================================
+# Faults that rewrite list answers, echo the token, pace the head, or send huge bodies
+# ============================================================================================
+
+
+def raw_request(sim: UnpodSimulator, path: str, headers: dict[str, str] | None = None) -> socket.socket:
+    """A connected socket that has sent ``GET path`` (HTTP/1.1, Connection: close)."""
+    sock = socket.create_connection((sim.host, sim.port), timeout=10)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {sim.host}:{sim.port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return sock
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``condition`` (server-side work finishing) until true or ``timeout``; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def logged_with(sim: UnpodSimulator, kind: str) -> list[dict[str, Any]]:
+    """Logged requests a fault of ``kind`` answered."""
+    return [r for r in sim.requests if kind in r["faults"]]
+
+
+class _Records(logging.Handler):
+    """Keeps the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def uvicorn_errors() -> Iterator[list[logging.LogRecord]]:
+    """Warnings and errors uvicorn or asyncio log during the test (the simulator's faults make none)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert [f"{r.name}: {r.getMessage()}" for r in handler.records] == []
+
+
+def test_new_fault_kinds_validation(sim: UnpodSimulator) -> None:
+    new = {"short_page", "repeat_page", "drop_count", "echo_token", "header_trickle", "gzip_bomb"}
+    assert new | {"big_body", "extra_headers"} <= set(FAULT_KINDS)
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("short_page", {"keep": -1}, "keep"),
+        ("short_page", {"fraction": 1.5}, "fraction"),
+        ("repeat_page", {"page": 2}, "no parameter"),
+        ("drop_count", {"by": 1, "to": 2}, "not both"),
+        ("drop_count", {"to": "3"}, "to"),
+        ("echo_token", {"body": "xml"}, "body"),
+        ("echo_token", {"status": 204}, "status"),
+        ("header_trickle", {}, "needs interval"),
+        ("header_trickle", {"interval": 0.1, "chunk_bytes": 0}, "chunk_bytes"),
+        ("gzip_bomb", {"inflated_bytes": -1}, "inflated_bytes"),
+        ("big_body", {}, "needs bytes"),
+        ("big_body", {"bytes": 10, "chunked": "yes"}, "chunked"),
+        ("extra_headers", {}, "needs headers"),
+        ("extra_headers", {"headers": {"Bad Name": "x"}}, "header name"),
+        ("extra_headers", {"headers": {"X-Split": "a\r\nInjected: b"}}, "one-line"),
+    ]
+    for kind, params, match in bad:
+        with pytest.raises(ValueError, match=match):
+            sim.inject(kind, **params)
+    assert sim.faults == []
+    assert sim.inject("echo_token", body="location").params["status"] == 302  # a redirect by default
+    assert sim.inject("echo_token", body="location", status=401).params["status"] == 401
+    assert sim.inject("echo_token").params == {"status": 500, "body": "json"}
+
+
+def test_short_page_keeps_the_count(api: Api) -> None:
+    full = api.get(demo_tasks_path(), params={"page_size": 10}).json()
+    api.sim.inject("short_page", path="/tasks/", keep=3)
+    response = api.get(demo_tasks_path(), params={"page_size": 10})
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    body = response.json()
+    assert body["count"] == full["count"] == DEMO_SPACE_TASKS
+    assert body["data"] == full["data"][:3]
+    assert list(body) == ["count", "status_code", "message", "data"]
+
+    api.sim.inject("short_page", path="/runs/")  # fraction 0.5 by default
+    runs = api.get(demo_runs_path(), params={"page_size": 9}).json()
+    assert runs["count"] == DEMO_SPACE_RUNS and len(runs["data"]) == 4
+
+    detail = api.get(protocol.space_path(DEMO_SPACE_TOKEN)).content
+    api.sim.inject("short_page", path="/spaces/", keep=0)
+    assert api.get(protocol.space_path(DEMO_SPACE_TOKEN)).content == detail  # not a list: unchanged
+    missing = protocol.API_PREFIX + "nothing/here/"
+    api.sim.inject("short_page", path="/nothing/", keep=0)
+    html = api.get(missing)
+    assert html.status_code == 404 and "text/html" in html.headers["content-type"]  # not JSON: unchanged
+
+
+def test_repeat_page_serves_the_previous_page(api: Api) -> None:
+    pages = [api.get(demo_tasks_path(), params={"page": p, "page_size": 10}).json() for p in (1, 2, 3)]
+    api.sim.inject("repeat_page", path="/tasks/", times=3)
+    again = [api.get(demo_tasks_path(), params={"page": p, "page_size": 10}).json() for p in (1, 2, 3)]
+    assert again == [pages[0], pages[0], pages[1]]  # page 1 unchanged, page N is page N-1
+    assert logged_with(api.sim, "repeat_page")[-1]["query"] == {"page": "3", "page_size": "10"}
+    assert api.sim.faults == []
+    assert api.get(demo_tasks_path(), params={"page": 2, "page_size": 10}).json() == pages[1]
+
+    api.sim.inject("repeat_page", path="/runs/")
+    runs_path = demo_runs_path() + "?page_size=4&page=2&x=%C3%A9"
+    assert api.get(runs_path).json() == api.get(demo_runs_path(), params={"page_size": 4}).json()
+
+
+def test_drop_count_lowers_the_count_only(api: Api) -> None:
+    full = api.get(demo_tasks_path(), params={"page_size": 5}).json()
+
+    def dropped(**params: Any) -> dict[str, Any]:
+        api.sim.inject("drop_count", path="/tasks/", **params)
+        response = api.get(demo_tasks_path(), params={"page_size": 5})
+        assert int(response.headers["content-length"]) == len(response.content)
+        body: dict[str, Any] = response.json()
+        assert body["data"] == full["data"] and body["message"] == full["message"]
+        return body
+
+    assert dropped()["count"] == DEMO_SPACE_TASKS // 2
+    assert dropped(by=7)["count"] == DEMO_SPACE_TASKS - 7
+    assert dropped(to=3)["count"] == 3
+    assert dropped(by=DEMO_SPACE_TASKS + 10)["count"] == 0  # never below 0
+    api.sim.inject("drop_count", path="/spaces/", to=0)
+    assert "count" not in api.get(protocol.space_path(DEMO_SPACE_TOKEN)).json()  # not a list
+
+
+@pytest.mark.parametrize("body", ["json", "html", "text", "location"])
+def test_echo_token_reflects_the_authorization_value(api: Api, body: str) -> None:
+    authorization = api.headers["Authorization"]
+    assert authorization == f"Token {SIM_TOKEN}"
+    api.sim.inject("echo_token", path="/runs/", body=body)
+    response = api.get(demo_runs_path())
+    assert authorization in response.text
+    assert int(response.headers["content-length"]) == len(response.content)
+    if body == "json":
+        assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+        assert response.json() == {
+            "message": f"bad auth header: {authorization}",
+            "detail": authorization,
+            "status_code": 500,
+            "errors": {"token": [SIM_TOKEN]},
+        }
+    elif body == "html":
+        assert response.status_code == 500 and "text/html" in response.headers["content-type"]
+        assert "<title>Internal Server Error (500)</title>" in response.text
+    elif body == "text":
+        assert response.status_code == 500 and "text/plain" in response.headers["content-type"]
+    else:
+        assert response.status_code == 302
+        assert response.headers["location"] == f"https://elsewhere.example/login?auth={SIM_TOKEN}"
+    assert SIM_TOKEN not in json.dumps(api.sim.requests)  # the log still never holds it
+
+
+def test_echo_token_other_statuses_and_schemes(api: Api) -> None:
+    bearer = Api(api.sim, "Bearer")
+    api.sim.inject("echo_token", path="/runs/", body="location", status=401)
+    moved = bearer.get(demo_runs_path())
+    assert moved.status_code == 401 and moved.headers["location"].endswith(f"?auth={SIM_TOKEN}")
+    assert f"Bearer {SIM_TOKEN}" in moved.text
+
+    real = api.get(demo_runs_path()).json()
+    api.sim.inject("echo_token", path="/runs/", status=200)
+    echoed = bearer.get(demo_runs_path())
+    assert echoed.status_code == 200
+    assert echoed.json() == {**real, "message": f"echo: Bearer {SIM_TOKEN}"}
+
+    api.sim.inject("echo_token", path="/nothing/", status=200)
+    html = api.get(protocol.API_PREFIX + "nothing/here/")  # not JSON: sent unchanged
+    assert html.status_code == 404 and SIM_TOKEN not in html.text
+
+    api.sim.inject("echo_token", path="/runs/", status=403, body="text")
+    odd = api.get(demo_runs_path(), headers={"Authorization": "sk-live-123"})
+    assert odd.status_code == 403 and "bad auth header: sk-live-123" in odd.text
+
+
+def test_header_trickle_sends_the_head_in_pieces(api: Api, uvicorn_errors: list[logging.LogRecord]) -> None:
+    sim = api.sim
+    expected = api.get(demo_runs_path(), params={"page_size": 2}).content
+    sim.inject("header_trickle", path="/runs/", interval=0.005, chunk_bytes=2)
+    pieces: list[bytes] = []
+    with raw_request(sim, demo_runs_path() + "?page_size=2", api.headers) as sock:
+        while b"\r\n\r\n" not in b"".join(pieces):
+            piece = sock.recv(65536)
+            assert piece, "the connection closed before the headers were complete"
+            pieces.append(piece)
+        while piece := sock.recv(65536):
+            pieces.append(piece)  # the body, then the server closes the connection
+    raw = b"".join(pieces)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = b"HTTP/1.1 200 OK\r\n"
+    assert raw.startswith(status_line)
+    reads_for_status_line = next(i for i in range(1, len(pieces) + 1) if len(b"".join(pieces[:i])) >= 17)
+    assert reads_for_status_line > 1  # the status line itself arrived in pieces
+    assert len(pieces) > 4
+    headers = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+    assert headers["content-length"] == str(len(body)) and headers["connection"] == "close"
+    assert body == expected
+    assert logged_with(sim, "header_trickle")[0]["status"] == 200
+
+    sim.inject("header_trickle", path="/runs/", interval=0.002, chunk_bytes=8)
+    response = requests.get(api.url(demo_runs_path()), headers=api.headers, timeout=(5, 2))
+    assert response.status_code == 200 and response.json()["count"] == DEMO_SPACE_RUNS
+    sim.inject("header_trickle", path="/runs/", interval=0.002, chunk_bytes=8)
+    with httpx.Client() as client:
+        answered = client.get(api.url(demo_runs_path()), headers=api.headers)
+    assert answered.status_code == 200 and answered.json()["count"] == DEMO_SPACE_RUNS
+    assert api.get(demo_runs_path()).status_code == 200
+
+
+def test_header_trickle_stops_when_the_client_hangs_up(
+    api: Api, uvicorn_errors: list[logging.LogRecord]
+) -> None:
+    sim = api.sim
+    # One byte every 0.5 s: the whole head (~130 bytes) would take over a minute.
+    sim.inject("header_trickle", path="/runs/", interval=0.5, chunk_bytes=1)
+    with raw_request(sim, demo_runs_path(), api.headers) as sock:
+        assert sock.recv(1) == b"H"
+    assert wait_until(lambda: logged_with(sim, "header_trickle")[0]["duration"] is not None)
+    assert api.get(demo_runs_path()).json()["count"] == DEMO_SPACE_RUNS  # the server is healthy
+    with requests.get(api.url(demo_runs_path()), headers=api.headers, timeout=5) as again:
+        assert again.status_code == 200
+
+
+def test_gzip_bomb_inflates_to_a_huge_envelope(api: Api) -> None:
+    size = 8 << 20
+    api.sim.inject("gzip_bomb", path="/tasks/", inflated_bytes=size)
+    with httpx.Client() as client, client.stream("GET", api.url(demo_tasks_path()), headers=api.headers) as r:
+        raw = b"".join(r.iter_raw())
+        assert r.status_code == 200
+        assert r.headers["content-encoding"] == "gzip" and r.headers["content-type"] == "application/json"
+        assert int(r.headers["content-length"]) == len(raw)
+    assert len(raw) < size // 100  # small on the wire
+    inflated = zlib.decompressobj(31).decompress(raw)
+    assert len(inflated) == size
+    envelope = json.loads(inflated)
+    assert envelope["count"] == 0 and envelope["status_code"] == 200 and envelope["data"] == []
+    assert set(envelope["message"]) == {"a"}
+    assert list(envelope) == ["count", "status_code", "message", "data"]
+
+    from unpod_provider.testing import _app
+
+    cached = _app._GZIP_BOMBS[size]
+    assert _app.gzip_bomb_body(size) is cached  # built once per process
+
+    api.sim.inject("gzip_bomb", path="/runs/", inflated_bytes=4096, status=503)
+    response = api.get(demo_runs_path())  # requests inflates it transparently
+    assert response.status_code == 503 and len(response.content) == 4096
+
+
+def test_gzip_bomb_client_hanging_up_early(api: Api, uvicorn_errors: list[logging.LogRecord]) -> None:
+    api.sim.inject("gzip_bomb", path="/tasks/", inflated_bytes=256 << 20)
+    with httpx.Client() as client, client.stream("GET", api.url(demo_tasks_path()), headers=api.headers) as r:
+        assert int(r.headers["content-length"]) > 3 * 64 * 1024  # several 64 KiB chunks
+        first = next(r.iter_raw(1024))
+    assert first.startswith(b"\x1f\x8b")  # gzip magic
+    assert wait_until(lambda: logged_with(api.sim, "gzip_bomb")[0]["duration"] is not None)
+    assert api.get(demo_tasks_path()).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_big_body_streams_a_valid_envelope(api: Api, chunked: bool) -> None:
+    size = (3 << 20) + 12345
+    api.sim.inject("big_body", path="/runs/", bytes=size, chunked=chunked)
+    response = api.get(demo_runs_path())
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert "content-encoding" not in response.headers
+    if chunked:
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in response.headers
+    else:
+        assert int(response.headers["content-length"]) == size
+    assert len(response.content) == size
+    body = response.json()
+    assert body["count"] == 0 and body["data"] == [] and set(body["message"]) == {"a"}
+    api.sim.inject("big_body", path="/runs/", bytes=1)
+    assert api.get(demo_runs_path()).json()["message"] == ""  # never less than an envelope
+
+
+def test_big_body_client_hanging_up_early(api: Api, uvicorn_errors: list[logging.LogRecord]) -> None:
+    api.sim.inject("big_body", path="/runs/", bytes=1 << 30)
+    with requests.get(api.url(demo_runs_path()), headers=api.headers, stream=True, timeout=10) as response:
+        assert int(response.headers["content-length"]) == 1 << 30
+        assert next(response.iter_content(4096)).startswith(b'{"count":0')
+    assert wait_until(lambda: logged_with(api.sim, "big_body")[0]["duration"] is not None)
+    assert api.get(demo_runs_path()).status_code == 200
+
+
+def test_extra_headers_and_the_logged_cookie(api: Api) -> None:
+    sim = api.sim
+    real = api.get(demo_runs_path()).content
+    cookie = "sessionid=abc123; Path=/; HttpOnly"
+    sim.inject("extra_headers", path="/runs/", headers={"Set-Cookie": cookie, "X-Extra": "1"})
+    response = api.get(demo_runs_path())
+    assert response.headers["set-cookie"] == cookie and response.headers["x-extra"] == "1"
+    assert response.content == real and response.headers["content-type"] == "application/json"
+
+    sim.reset_requests()
+    with requests.Session() as session:
+        sim.inject("extra_headers", path="/runs/", headers={"Set-Cookie": cookie})
+        session.get(api.url(demo_runs_path()), headers=api.headers, timeout=5)
+        session.get(api.url(demo_runs_path()), headers=api.headers, timeout=5)  # replays the cookie
+    api.get(demo_runs_path(), headers={**api.headers, "Cookie": f"leak={SIM_TOKEN}"})
+    cookies = [r["headers"].get("cookie") for r in sim.requests]
+    assert cookies == [None, "sessionid=abc123", "leak=***"]
+
+
+def test_new_faults_over_the_control_api(api: Api) -> None:
+    client = SimulatorClient(api.sim.base_url)
+    fault = client.inject("short_page", path="/runs/", keep=1)
+    assert fault["params"] == {"keep": 1, "fraction": 0.5}
+    assert len(api.get(demo_runs_path()).json()["data"]) == 1
+    client.inject("extra_headers", path="/runs/", params={"headers": {"Set-Cookie": "a=b"}})
+    assert api.get(demo_runs_path()).headers["set-cookie"] == "a=b"
+    with pytest.raises(SimulatorControlError, match="400"):
+        client.inject("big_body", bytes=-5)
+
+
+# ============================================================================================
 # Request log
 # ============================================================================================
 
@@ -956,6 +1290,66 @@ def test_package_import_is_light() -> None:
 
 
 # ============================================================================================
+# TLS
+# ============================================================================================
+
+
+@pytest.fixture(scope="module")
+def tls_sim() -> Iterator[UnpodSimulator]:
+    """A simulator serving HTTPS with its own self-signed certificate."""
+    with UnpodSimulator(tls=True) as sim:
+        yield sim
+
+
+def test_tls_serves_https_trusted_with_its_ca_file(tls_sim: UnpodSimulator) -> None:
+    sim = tls_sim
+    assert sim.base_url == f"https://127.0.0.1:{sim.port}"
+    assert sim.ca_file is not None and Path(sim.ca_file).read_text().startswith("-----BEGIN CERTIFICATE")
+    assert oct(Path(sim.ca_file).parent.stat().st_mode & 0o777) == "0o700"
+    api = Api(sim)
+    response = requests.get(api.url(demo_runs_path()), headers=api.headers, verify=sim.ca_file, timeout=10)
+    assert response.status_code == 200 and response.json()["count"] == DEMO_SPACE_RUNS
+    with httpx.Client(verify=ssl.create_default_context(cafile=sim.ca_file)) as client:
+        assert client.get(api.url(protocol.organizations_path()), headers=api.headers).json()["count"] == 2
+        localhost = f"https://localhost:{sim.port}/_sim/health"
+        assert client.get(localhost).json() == {"ok": True}  # DNS name in the certificate too
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(api.url(demo_runs_path()), headers=api.headers, verify=True, timeout=10)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(api.url(demo_runs_path()), headers=api.headers)
+    conn = sim.connection_dict()
+    assert conn["host"] == sim.base_url and conn["password"] == SIM_TOKEN
+    assert json.loads(sim.connection_json())["host"].startswith("https://")
+    assert SimulatorClient(sim.base_url, ca_file=sim.ca_file).state()["seed"] == 0
+
+
+def test_tls_faults_over_https(tls_sim: UnpodSimulator) -> None:
+    sim, api = tls_sim, Api(tls_sim)
+    sim.reset()
+    sim.inject("header_trickle", path="/runs/", interval=0.002, chunk_bytes=16)
+    trickled = requests.get(api.url(demo_runs_path()), headers=api.headers, verify=sim.ca_file, timeout=10)
+    assert trickled.status_code == 200 and trickled.json()["count"] == DEMO_SPACE_RUNS
+    sim.inject("drop_connection", path="/runs/")
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+        requests.get(api.url(demo_runs_path()), headers=api.headers, verify=sim.ca_file, timeout=10)
+    sim.inject("short_page", path="/runs/", keep=2)
+    short = requests.get(api.url(demo_runs_path()), headers=api.headers, verify=sim.ca_file, timeout=10)
+    assert len(short.json()["data"]) == 2
+    assert requests.get(api.url(demo_runs_path()), headers=api.headers, verify=sim.ca_file, timeout=10).ok
+
+
+def test_tls_files_are_removed_at_stop_and_http_is_the_default() -> None:
+    with UnpodSimulator(tls=True) as sim:
+        ca_file = sim.ca_file
+        assert ca_file is not None and Path(ca_file).exists()
+        assert requests.get(sim.base_url + "/_sim/health", verify=ca_file, timeout=10).ok
+    assert not Path(ca_file).parent.exists() and sim.ca_file is None
+    with UnpodSimulator() as plain:
+        assert plain.base_url.startswith("http://") and plain.ca_file is None
+        assert requests.get(plain.base_url + "/_sim/health", timeout=10).ok
+
+
+# ============================================================================================
 # CLI
 # ============================================================================================
 
@@ -1045,3 +1439,31 @@ def test_cli_refuses_non_loopback_host() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "loopback" in result.stderr
+
+
+def test_cli_tls(tmp_path: Path) -> None:
+    ready = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unpod_provider.testing", "--tls", "--ready-file", str(ready)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(ready.read_text().strip())
+        ca_file = re.search(r"\(CA file: (\S+)\)", line)
+        assert f"https://127.0.0.1:{port}" in line and ca_file is not None
+        assert requests.get(f"https://127.0.0.1:{port}/_sim/health", verify=ca_file[1], timeout=5).ok
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert not Path(ca_file[1]).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

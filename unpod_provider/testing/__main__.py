@@ -1,6 +1,7 @@
 """``python -m unpod_provider.testing``: serve the Unpod simulator until SIGINT/SIGTERM.
 
-Prints one line with the base URL and the ``AIRFLOW_CONN_UNPOD_DEFAULT`` JSON. With
+Prints one line with the base URL and the ``AIRFLOW_CONN_UNPOD_DEFAULT`` JSON (with ``--tls``:
+HTTPS with a self-signed certificate, whose file the line names as ``CA file: PATH``). With
 ``--ready-file`` the chosen port is written there (atomically) once the server accepts
 requests, and the file is removed on exit. Only loopback hosts are accepted.
 """
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--ready-file", type=Path, help="write the port here once the server is ready")
     parser.add_argument("--access-log", action="store_true", help="print uvicorn's access log")
+    parser.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a self-signed certificate (file printed)"
+    )
     return parser
 
 
@@ -60,11 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready_file: Path | None = args.ready_file
     try:
         with UnpodSimulator(
-            host=args.host, port=args.port, seed=args.seed, latency=args.latency, access_log=args.access_log
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            latency=args.latency,
+            access_log=args.access_log,
+            tls=args.tls,
         ) as sim:
             conn = sim.connection_json()
+            ca = f" (CA file: {sim.ca_file})" if sim.ca_file else ""
             print(
-                f"Unpod simulator at {sim.base_url} AIRFLOW_CONN_UNPOD_DEFAULT={shlex.quote(conn)}",
+                f"Unpod simulator at {sim.base_url}{ca} AIRFLOW_CONN_UNPOD_DEFAULT={shlex.quote(conn)}",
                 flush=True,
             )
             if ready_file is not None:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import http
 import json
 import logging
+import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -39,7 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTROL_PREFIX = "/_sim"
-LOGGED_HEADERS = ("org-handle", "accept", "content-type", "user-agent")
+LOGGED_HEADERS = ("org-handle", "accept", "content-type", "user-agent", "cookie")
 MAX_LOGGED_BODY = 1_000_000
 
 # Route templates derived from the protocol module (one truth about the paths).
@@ -200,7 +203,7 @@ class SimulatorMiddleware:
             if answer is None:
                 await self._serve(scope, logged_receive, logged_send)
             else:
-                await self._answer(answer, scope, logged_receive, logged_send, send)
+                await self._answer(answer, scope, logged_receive, logged_send, send, entry)
         finally:
             state.update_request(entry, duration=round(time.monotonic() - started, 6))
 
@@ -292,8 +295,16 @@ class SimulatorMiddleware:
             token, n, items=items, status=params["status"], tasks_per_run=params["tasks_per_run"]
         )
 
-    async def _answer(self, fault: Fault, scope: Scope, receive: Receive, send: Send, raw_send: Send) -> None:
-        """Answer the request as the fault says."""
+    async def _answer(
+        self,
+        fault: Fault,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw_send: Send,
+        entry: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the request as the fault says (``entry``: its log entry, for raw answers)."""
         kind, p = fault.kind, fault.params
         if kind == "slow":
             if p["stage"] == "headers":
@@ -374,8 +385,270 @@ class SimulatorMiddleware:
         elif kind == "disconnect":
             await self._capture(scope, receive)  # the request reached the server; the answer is lost
             await _close_connection(raw_send, abort=True)
+        elif kind in ("short_page", "drop_count"):
+            status, headers, body = await self._capture(scope, receive)
+            envelope = _list_envelope(body)
+            if envelope is not None:
+                envelope = _short_page(envelope, p) if kind == "short_page" else _drop_count(envelope, p)
+                body = dumps(envelope)
+            await _send_all(send, status, body, headers)
+        elif kind == "repeat_page":
+            await self._serve(_previous_page_scope(scope), receive, send)
+        elif kind == "echo_token":
+            await self._echo_token(p, scope, receive, send)
+        elif kind == "header_trickle":
+            status, headers, body = await self._capture(scope, receive)
+            if entry is not None:
+                self.state.update_request(entry, status=status)
+            await _header_trickle(p, status, headers, body, receive, send, raw_send)
+        elif kind == "gzip_bomb":
+            await _gzip_bomb(p, receive, send)
+        elif kind == "big_body":
+            await _big_body(p, receive, send)
+        elif kind == "extra_headers":
+            status, headers, body = await self._capture(scope, receive)
+            headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in p["headers"].items()]
+            await _send_all(send, status, body, headers)
         else:  # pragma: no cover - validate_params refuses unknown kinds
             raise ValueError(f"unknown fault kind {kind!r}")
+
+    async def _echo_token(self, p: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
+        """A server that reflects the request's Authorization value (a leak the client must not log)."""
+        value = _request_header(scope, b"authorization")
+        parts = value.split(None, 1)
+        bare = parts[1] if len(parts) == 2 else value
+        status, body_kind = p["status"], p["body"]
+        if status == 200 and body_kind == "json":
+            real_status, headers, body = await self._capture(scope, receive)
+            envelope = _json_value(body)
+            if isinstance(envelope, dict):
+                body = dumps({**envelope, "message": f"echo: {value}"})
+            await _send_all(send, real_status, body, headers)
+            return
+        title = f"{_reason(status)} ({status})"
+        extra: list[tuple[bytes, bytes]] = []
+        if body_kind == "json":
+            payload = dumps(
+                {
+                    "message": f"bad auth header: {value}",
+                    "detail": value,
+                    "status_code": status,
+                    "errors": {"token": [bare]},
+                }
+            )
+            ctype = b"application/json"
+        elif body_kind == "html":
+            payload = (
+                f'<!doctype html>\n<html lang="en">\n<head>\n  <title>{title}</title>\n</head>\n<body>\n'
+                f"  <h1>{title}</h1><p>Invalid HTTP_AUTHORIZATION header: {value}</p>\n</body>\n</html>\n"
+            ).encode()
+            ctype = b"text/html; charset=utf-8"
+        elif body_kind == "text":
+            payload = f"{title}: bad auth header: {value}\n".encode()
+            ctype = b"text/plain; charset=utf-8"
+        else:  # location
+            location = f"https://elsewhere.example/login?auth={bare}"
+            extra.append((b"location", location.encode("latin-1")))
+            payload = (
+                f'<html><body><p>Login again: <a href="{location}">{location}</a></p>'
+                f"<p>Rejected Authorization: {value}</p></body></html>\n"
+            ).encode()
+            ctype = b"text/html; charset=utf-8"
+        await _send_all(send, status, payload, [(b"content-type", ctype), *extra])
+
+
+# -- fault helpers -------------------------------------------------------------------------
+
+#: gzip bombs by inflated size, built once per process (a 1 GiB bomb takes seconds to build)
+_GZIP_BOMBS: dict[int, bytes] = {}
+_GZIP_BOMBS_LOCK = threading.Lock()
+_MIB = 1 << 20
+_BOMB_CHUNK = 64 * 1024
+_PADDED_PREFIX = b'{"count":0,"status_code":200,"message":"'
+_PADDED_SUFFIX = b'","data":[]}'
+
+
+def _reason(status: int) -> str:
+    """The reason phrase of a status code ("Error" when unknown)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _request_header(scope: Scope, name: bytes) -> str:
+    """The first value of a request header ("" when absent)."""
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def _json_value(body: bytes) -> Any:
+    """The body parsed as JSON, or None."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _list_envelope(body: bytes) -> dict[str, Any] | None:
+    """The ``{"count", ..., "data": [...]}`` envelope of a list answer, or None (not one)."""
+    envelope = _json_value(body)
+    if isinstance(envelope, dict) and "count" in envelope and isinstance(envelope.get("data"), list):
+        return envelope
+    return None
+
+
+def _short_page(envelope: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
+    """``data`` cut to its first ``keep`` items (or ``fraction`` of them), count unchanged."""
+    data = envelope["data"]
+    keep = p["keep"] if p["keep"] is not None else int(len(data) * p["fraction"])
+    return {**envelope, "data": data[:keep]}
+
+
+def _drop_count(envelope: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
+    """``count`` set ``to`` / lowered ``by`` / halved (never below 0); a non-integer count is kept."""
+    count = envelope["count"]
+    if isinstance(count, bool) or not isinstance(count, int):
+        return envelope
+    if p["to"] is not None:
+        lowered = p["to"]
+    elif p["by"] is not None:
+        lowered = count - p["by"]
+    else:
+        lowered = count // 2
+    return {**envelope, "count": max(0, lowered)}
+
+
+def _previous_page_scope(scope: Scope) -> Scope:
+    """A copy of the scope asking for page N-1 (the scope itself for page 1)."""
+    pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    page = _int_param(dict(pairs).get("page"), 1)
+    if page <= 1:
+        return scope
+    pairs = [(key, str(page - 1) if key == "page" else value) for key, value in pairs]
+    return {**scope, "query_string": urlencode(pairs).encode("latin-1")}
+
+
+async def _header_trickle(
+    p: dict[str, Any],
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    receive: Receive,
+    send: Send,
+    raw_send: Send,
+) -> None:
+    """Write the answer as raw HTTP/1.1, its head ``chunk_bytes`` at a time, then close.
+
+    The bytes go straight to uvicorn's transport (ASGI cannot pace the head). Writing stops as
+    soon as the client hangs up. The request cycle is marked as started first, so uvicorn never
+    answers a second time. Without a reachable transport the answer is sent normally.
+    """
+    owner: Any = getattr(raw_send, "__self__", None)
+    transport: Any = getattr(owner, "transport", None)
+    if owner is None or not (hasattr(transport, "write") and hasattr(transport, "is_closing")):
+        await _send_all(send, status, body, headers)
+        return
+    skipped = (b"content-length", b"connection", b"date", b"transfer-encoding")
+    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n".encode("latin-1")]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in skipped]
+    lines += [
+        b"date: " + email.utils.formatdate(usegmt=True).encode("latin-1") + b"\r\n",
+        b"content-length: " + str(len(body)).encode("latin-1") + b"\r\n",
+        b"connection: close\r\n\r\n",
+    ]
+    head = b"".join(lines)
+    owner.response_started = True  # uvicorn must not send a 500 of its own after this
+    hung_up = asyncio.ensure_future(_until_disconnect(receive))
+
+    def gone() -> bool:
+        """Whether the client has hung up (stop writing)."""
+        return hung_up.done() or bool(transport.is_closing())
+
+    try:
+        step = p["chunk_bytes"]
+        for offset in range(0, len(head), step):
+            if gone():
+                return
+            transport.write(head[offset : offset + step])
+            await asyncio.sleep(p["interval"])
+        if gone():
+            return
+        transport.write(body)
+    finally:
+        hung_up.cancel()
+    await _close_connection(raw_send)
+
+
+def gzip_bomb_body(inflated_bytes: int) -> bytes:
+    """Gzip bytes inflating to a ``inflated_bytes``-long JSON envelope (cached per size)."""
+    with _GZIP_BOMBS_LOCK:
+        cached = _GZIP_BOMBS.get(inflated_bytes)
+        if cached is None:
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+            pieces = [compressor.compress(_PADDED_PREFIX)]
+            remaining = max(0, inflated_bytes - len(_PADDED_PREFIX) - len(_PADDED_SUFFIX))
+            filler = b"a" * _MIB
+            while remaining > 0:
+                size = min(remaining, _MIB)
+                pieces.append(compressor.compress(filler if size == _MIB else filler[:size]))
+                remaining -= size
+            pieces += [compressor.compress(_PADDED_SUFFIX), compressor.flush()]
+            cached = _GZIP_BOMBS[inflated_bytes] = b"".join(pieces)
+        return cached
+
+
+async def _gzip_bomb(p: dict[str, Any], receive: Receive, send: Send) -> None:
+    """A small gzip body that inflates to a huge JSON envelope, sent in 64 KiB chunks."""
+    payload = await asyncio.to_thread(gzip_bomb_body, p["inflated_bytes"])
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-encoding", b"gzip"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    hung_up = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await send({"type": "http.response.start", "status": p["status"], "headers": headers})
+        for offset in range(0, len(payload), _BOMB_CHUNK):
+            if hung_up.done():
+                return
+            more = offset + _BOMB_CHUNK < len(payload)
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": payload[offset : offset + _BOMB_CHUNK],
+                    "more_body": more,
+                }
+            )
+            await asyncio.sleep(0)  # let a hang-up be noticed
+    finally:
+        hung_up.cancel()
+
+
+async def _big_body(p: dict[str, Any], receive: Receive, send: Send) -> None:
+    """A valid envelope of ~``bytes`` bytes, its padding made 1 MiB at a time while sending."""
+    padding = max(0, p["bytes"] - len(_PADDED_PREFIX) - len(_PADDED_SUFFIX))
+    total = len(_PADDED_PREFIX) + padding + len(_PADDED_SUFFIX)
+    headers = [(b"content-type", b"application/json")]
+    if not p["chunked"]:
+        headers.append((b"content-length", str(total).encode()))
+    hung_up = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": _PADDED_PREFIX, "more_body": True})
+        while padding > 0:
+            if hung_up.done():
+                return
+            size = min(padding, _MIB)
+            await send({"type": "http.response.body", "body": b"a" * size, "more_body": True})
+            padding -= size
+            await asyncio.sleep(0)  # let a hang-up be noticed
+        if not hung_up.done():
+            await send({"type": "http.response.body", "body": _PADDED_SUFFIX, "more_body": False})
+    finally:
+        hung_up.cancel()
 
 
 async def _until_disconnect(receive: Receive) -> None:

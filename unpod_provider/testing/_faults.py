@@ -4,6 +4,8 @@ A :class:`Fault` matches requests by path (substring or regex), method and query
 lets the first ``skip`` matches through, then fires ``times`` times (``None`` = forever).
 *Pre* faults (``latency``, ``append``) act and let the request go on; every other kind answers
 the request itself (the first matching one wins). Pure Python: the ASGI side lives in ``_app``.
+Kinds that rewrite a list answer (``short_page``, ``drop_count``...) send any non-JSON or
+non-list answer unchanged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,32 @@ FAULT_KINDS: dict[str, dict[str, Any]] = {
     "disconnect": {},
     # add ``n`` items to the request's space (tasks or runs, by path) before answering
     "append": {"n": 1, "items": None, "status": "completed", "tasks_per_run": 1},
+    # the real list answer with ``data`` cut to its first ``keep`` items (or ``fraction`` of
+    # them), ``count`` unchanged: a page shorter than it should be
+    "short_page": {"keep": None, "fraction": 0.5},
+    # page N answered with the real page N-1 (same page_size; page 1 unchanged)
+    "repeat_page": {},
+    # the real list answer with ``count`` set ``to`` a value or lowered ``by`` some (default
+    # halved; never below 0), data unchanged
+    "drop_count": {"by": None, "to": None},
+    # the request's own Authorization value echoed back in a JSON/HTML/text error body, or in
+    # a redirect's Location (``body="location"``; status 302 unless given). With status 200
+    # and body "json": the real answer with its ``message`` set to "echo: <value>"
+    "echo_token": {"status": 500, "body": "json"},
+    # the real answer as raw HTTP/1.1 whose status line and headers arrive ``chunk_bytes`` at
+    # a time, ``interval`` seconds apart; then the body at once and the connection closed
+    "header_trickle": {"interval": ..., "chunk_bytes": 1},
+    # a small gzip body (Content-Encoding: gzip) that inflates to ~``inflated_bytes`` of JSON
+    # (built once per size and process, off the event loop: the first 1 GiB one takes ~3 s)
+    "gzip_bomb": {"inflated_bytes": 1 << 30, "status": 200},
+    # a valid JSON envelope of ~``bytes`` bytes, streamed (Content-Length unless ``chunked``)
+    "big_body": {"bytes": ..., "chunked": False},
+    # the real answer plus these response headers (e.g. Set-Cookie)
+    "extra_headers": {"headers": ...},
 }
+
+ECHO_BODIES = ("json", "html", "text", "location")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 PRE_KINDS = frozenset({"latency", "append"})
 
@@ -56,6 +83,46 @@ def _check_number(name: str, value: Any, *, minimum: float = 0.0, maximum: float
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return float(value)
+
+
+def _check_int(name: str, value: Any, *, minimum: int = 0, optional: bool = False) -> int | None:
+    """An integer >= minimum (None allowed when ``optional``), or ValueError naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_status(name: str, value: Any, *, with_body: bool = False) -> int:
+    """An HTTP status code (200-599 without 204/304 when the answer has a body)."""
+    low = 200 if with_body else 100
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= 599
+        or (with_body and value in (204, 304))
+    ):
+        raise ValueError(f"{name} must be an HTTP status code that allows a body, got {value!r}")
+    return value
+
+
+def _check_headers(value: Any) -> dict[str, str]:
+    """Response headers as ``{name: value}``: token names, latin-1 values without CR/LF/NUL."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"headers must be a mapping of header names to values, got {value!r}")
+    checked: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ValueError(f"not a valid header name: {name!r}")
+        if not isinstance(text, str) or any(c in text for c in "\r\n\0"):
+            raise ValueError(f"header {name} needs a one-line string value, got {text!r}")
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"header {name} value must be latin-1 text") from None
+        checked[name] = text
+    return checked
 
 
 def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +166,38 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"append n must be an integer >= 1, got {result['n']!r}")
         if result["items"] not in (None, "tasks", "runs"):
             raise ValueError("append items must be 'tasks', 'runs' or None (from the path)")
+    _validate_new_kinds(kind, params, result)
     return result
+
+
+def _validate_new_kinds(kind: str, params: Mapping[str, Any], result: dict[str, Any]) -> None:
+    """Checks of the list-rewriting, echo, raw-transport and big-body kinds (fills ``result``)."""
+    if kind == "short_page":
+        _check_int("short_page keep", result["keep"], optional=True)
+        _check_number("fraction", result["fraction"], maximum=1.0)
+    if kind == "drop_count":
+        _check_int("drop_count by", result["by"], optional=True)
+        _check_int("drop_count to", result["to"], optional=True)
+        if result["by"] is not None and result["to"] is not None:
+            raise ValueError("drop_count takes 'by' or 'to', not both")
+    if kind == "echo_token":
+        if result["body"] not in ECHO_BODIES:
+            raise ValueError(f"echo_token body must be one of {', '.join(ECHO_BODIES)}")
+        if result["body"] == "location" and "status" not in params:
+            result["status"] = 302  # a redirect is the natural answer carrying a Location
+        _check_status("echo_token status", result["status"], with_body=True)
+    if kind == "header_trickle":
+        _check_number("interval", result["interval"])
+        _check_int("header_trickle chunk_bytes", result["chunk_bytes"], minimum=1)
+    if kind == "gzip_bomb":
+        _check_int("gzip_bomb inflated_bytes", result["inflated_bytes"])
+        _check_status("gzip_bomb status", result["status"], with_body=True)
+    if kind == "big_body":
+        _check_int("big_body bytes", result["bytes"])
+        if not isinstance(result["chunked"], bool):
+            raise ValueError(f"big_body chunked must be true or false, got {result['chunked']!r}")
+    if kind == "extra_headers":
+        result["headers"] = _check_headers(result["headers"])
 
 
 @dataclass

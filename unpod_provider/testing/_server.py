@@ -6,11 +6,17 @@ FastAPI and uvicorn are imported in :meth:`UnpodSimulator.start`, not at import 
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +24,70 @@ from unpod_provider.protocol import is_loopback_host
 from unpod_provider.testing._faults import Fault
 from unpod_provider.testing._model import SIM_ORG_HANDLE, SIM_TOKEN
 from unpod_provider.testing._state import SimState
+
+TLS_NAMES = ("127.0.0.1", "::1", "localhost")
+
+
+def write_self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
+    """A key and a self-signed certificate (its own CA) for loopback, written to ``directory``.
+
+    SubjectAltNames: 127.0.0.1, ::1, localhost and ``host``; valid from a day ago for 7 days.
+    The extensions satisfy OpenSSL's strict verification (CA basic constraints, key usages,
+    key identifiers), so clients can trust it with ``verify=<cert file>``.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for name in dict.fromkeys([*TLS_NAMES, host.strip("[]")]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Unpod simulator (localhost)")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=6))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 class UnpodSimulator:
@@ -31,6 +101,8 @@ class UnpodSimulator:
     :param clock: returns "now" in epoch seconds (default ``time.time``); ``advance`` adds to it.
         Seeded runs are dated November 2025: a clock before that shows them not yet finished.
     :param access_log: turn uvicorn's access log on (off by default).
+    :param tls: serve HTTPS with a self-signed certificate made at start (its PEM file is
+        ``ca_file``: trust it with ``verify=sim.ca_file``); removed again at stop.
     """
 
     def __init__(
@@ -45,6 +117,7 @@ class UnpodSimulator:
         access_log: bool = False,
         log_level: str = "warning",
         startup_timeout: float = 15.0,
+        tls: bool = False,
     ) -> None:
         """Validate the host and build the seeded state; nothing is started yet."""
         if not is_loopback_host(host):
@@ -58,6 +131,9 @@ class UnpodSimulator:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
+        self.tls = tls
+        self._tls_dir: Path | None = None
+        self._ca_file: Path | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -78,6 +154,14 @@ class UnpodSimulator:
             sock.close()
             raise
         self._port = int(sock.getsockname()[1])
+        key_file: str | None = None
+        cert_file: str | None = None
+        if self.tls:
+            try:
+                key_file, cert_file = (str(path) for path in self._make_tls_files())
+            except BaseException:
+                sock.close()
+                raise
         config = uvicorn.Config(
             create_app(self.state),
             log_config=None,
@@ -88,6 +172,8 @@ class UnpodSimulator:
             server_header=False,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=1,
+            ssl_keyfile=key_file,
+            ssl_certfile=cert_file,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
@@ -116,6 +202,24 @@ class UnpodSimulator:
             thread.join(timeout)
         self._server = None
         self._thread = None
+        self._remove_tls_files()
+
+    def _make_tls_files(self) -> tuple[Path, Path]:
+        """Key and certificate in a fresh private temp dir (0700), removed at stop."""
+        self._tls_dir = Path(tempfile.mkdtemp(prefix="unpod-simulator-tls-"))
+        try:
+            key_file, cert_file = write_self_signed_cert(self._tls_dir, self.host)
+        except BaseException:
+            self._remove_tls_files()
+            raise
+        self._ca_file = cert_file
+        return key_file, cert_file
+
+    def _remove_tls_files(self) -> None:
+        """Delete the TLS temp dir (idempotent)."""
+        directory, self._tls_dir, self._ca_file = self._tls_dir, None, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     @property
     def running(self) -> bool:
@@ -148,9 +252,14 @@ class UnpodSimulator:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (the connection's Host)."""
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls=True``): the connection's Host."""
         host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """With ``tls=True``, while running: the PEM certificate to trust (it is its own CA)."""
+        return str(self._ca_file) if self._ca_file is not None else None
 
     @property
     def token(self) -> str:

@@ -7,6 +7,7 @@ For the demo script and ``airflow dags test`` subprocesses, where the simulator 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -19,12 +20,16 @@ class SimulatorControlError(RuntimeError):
 
 
 class SimulatorClient:
-    """The simulator's Python API, over HTTP. ``base_url`` is ``http://127.0.0.1:PORT``."""
+    """The simulator's Python API, over HTTP. ``base_url`` is ``http://127.0.0.1:PORT``.
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    For a simulator serving HTTPS (``tls=True`` / ``--tls``) pass its certificate as ``ca_file``.
+    """
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0, ca_file: str | None = None) -> None:
         """Point the client at a running simulator."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """One control request; a 4xx/5xx becomes ``SimulatorControlError``."""
@@ -36,7 +41,7 @@ class SimulatorClient:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._ssl_context) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as err:
             detail = err.read().decode("utf-8", "replace")[:500]
