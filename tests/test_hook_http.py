@@ -505,7 +505,7 @@ def test_undecodable_body_is_a_typed_retried_error(sim: UnpodSimulator, hook: Un
         headers={"Content-Encoding": "gzip"},
         times=None,
     )
-    with pytest.raises(UnpodConnectionError, match=r"could not be decoded.*ContentDecodingError") as info:
+    with pytest.raises(UnpodConnectionError, match=r"could not be decoded.*not valid gzip") as info:
         hook.list_spaces()
     assert info.value.request_sent is True
     assert len(unpod_requests(sim)) == 3
@@ -519,7 +519,7 @@ async def test_undecodable_body_is_a_typed_error_in_the_async_hook(sim: UnpodSim
         "http", path="/runs/", body="not gzip", headers={"Content-Encoding": "gzip"}, status=200, times=None
     )
     async with UnpodAsyncHook(retry_policy=RetryPolicy(max_attempts=2, base_delay=0.001)) as hook:
-        with pytest.raises(UnpodConnectionError, match="DecodingError") as info:
+        with pytest.raises(UnpodConnectionError, match=r"could not be decoded.*not valid gzip") as info:
             await hook.afind_run(DEMO_SPACE_TOKEN, "R" + "0" * 32)
     assert info.value.request_sent is True
     assert len(unpod_requests(sim)) == 2
@@ -631,7 +631,7 @@ def test_page_size_above_the_server_cap(
         got = hook.list_space_tasks(space, page_size=500)
     assert ids(got) == ids(sim.space_tasks(space))
     assert len(set(ids(got))) == 140
-    assert pages(sim, f"/spaces/{space}/tasks/") == [1, 2]
+    assert pages(sim, f"/spaces/{space}/tasks/") == [1, 1, 2]  # page 1 asked again: a cap, not a lag
     assert "500 were asked for" in caplog.text
 
 

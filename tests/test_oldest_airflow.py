@@ -36,6 +36,7 @@ TEST_FILES = [
     "tests/test_operators.py",
     "tests/test_sensor.py",
     "tests/test_trigger.py",
+    "tests/test_fail_closed.py",
 ]
 
 

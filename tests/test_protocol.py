@@ -24,6 +24,7 @@ from unpod_provider.exceptions import (
     UnpodCreateRunUncertainError,
     UnpodError,
     UnpodIncompleteResponseError,
+    UnpodInconsistentListError,
     UnpodNotFoundError,
     UnpodProtocolError,
     UnpodRateLimitError,
@@ -491,6 +492,9 @@ def test_walk_follows_a_silently_capped_page_size() -> None:
     items = tasks(140, 0)
     pages = {1: Envelope(items[:100], count=140), 2: Envelope(items[100:], count=140)}
     walk = PageWalk(page_size=500, id_key="task_id", what="tasks")
+    # A short first page may be a lagging replica: refused once, taken as a cap when it repeats.
+    with pytest.raises(UnpodInconsistentListError, match="page 1 holds 100 of the 140 items"):
+        walk.check(1, pages[1])
     asked, got = run_walk(walk, pages)
     assert asked == [1, 2]
     assert got == items
@@ -513,12 +517,55 @@ def test_walk_deduplicates_items_that_shift_when_new_ones_arrive() -> None:
     assert any("moved from 140 to 145" in note for note in walk.notes)
 
 
-def test_walk_notes_when_the_server_returns_fewer_distinct_items_than_it_counts() -> None:
+def test_walk_refuses_a_short_page_inside_the_total() -> None:
     walk = PageWalk(page_size=20, id_key="task_id", what="tasks")
-    walk.feed(1, Envelope(tasks(20, 0), count=30))
-    walk.feed(2, Envelope(tasks(5, 0), count=30))
-    assert walk.done
-    assert any("reported 30 tasks but returned 20" in note for note in walk.notes)
+    walk.feed(1, Envelope(tasks(30, 10), count=30))
+    short = Envelope(tasks(5, 0), count=30)
+    with pytest.raises(
+        UnpodInconsistentListError,
+        match="page 2 holds 5 items, but with 30 in all and 20 per page it should hold 10",
+    ) as info:
+        walk.feed(2, short)
+    assert info.value.retryable is True
+    # Refused without a trace: the right answer is still taken afterwards.
+    assert not walk.done and walk.page == 1 and walk.held == 20
+    assert len(walk.feed(2, Envelope(tasks(10, 0), count=30))) == 10 and walk.done
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "match"),
+    [
+        (Envelope([], count=5), None, "page 1 is empty but says the total is 5"),
+        (Envelope(tasks(6, 0), count=5), None, "page 1 holds 6 items but says the total is 5"),
+        (Envelope(tasks(40, 20), count=40), Envelope(tasks(20, 0), count=30), "the total is 30, an earlier"),
+        (Envelope(tasks(40, 20), count=40), Envelope(tasks(20, 0)), "has no count although earlier pages"),
+        (Envelope(tasks(50, 30), count=50), Envelope(tasks(30, 0), count=50), "holds 30 items"),
+        (Envelope(tasks(40, 20), count=40), Envelope(tasks(40, 20), count=40), "page 2 repeats 20 items"),
+    ],
+    ids=[
+        "empty-first-page",
+        "first-page-beyond-total",
+        "count-drops",
+        "count-vanishes",
+        "long-page",
+        "repeat",
+    ],
+)
+def test_walk_refuses_answers_that_disagree(first: Envelope, second: Envelope | None, match: str) -> None:
+    walk = PageWalk(page_size=20, id_key="task_id", what="tasks")
+    with pytest.raises(UnpodInconsistentListError, match=match):
+        walk.feed(1, first)
+        assert second is not None
+        walk.feed(2, second)
+
+
+def test_walk_allows_as_many_repeats_as_the_list_grew() -> None:
+    walk = PageWalk(page_size=20, id_key="task_id", what="tasks")
+    walk.feed(1, Envelope(tasks(40, 20), count=40))
+    # Two new tasks at the head push two seen ones onto page 2: allowed; a third repeat is not.
+    walk.check(2, Envelope(tasks(22, 2), count=42))
+    with pytest.raises(UnpodInconsistentListError, match="repeats 3 items"):
+        walk.check(2, Envelope(tasks(23, 3), count=42))
 
 
 def test_walk_keeps_items_without_an_id() -> None:
@@ -536,10 +583,8 @@ def test_walk_detects_a_server_that_ignores_page() -> None:
     same = Envelope(tasks(20, 0), count=100)
     walk = PageWalk(page_size=20, id_key="task_id", what="tasks")
     walk.feed(1, same)
-    walk.feed(2, same)
-    walk.feed(3, same)
-    with pytest.raises(UnpodProtocolError, match="not advancing"):
-        walk.feed(4, same)
+    with pytest.raises(UnpodInconsistentListError, match="page 2 repeats 20 items already read"):
+        walk.feed(2, same)
 
 
 def test_walk_404_past_the_first_page_ends_the_list() -> None:

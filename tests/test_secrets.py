@@ -318,7 +318,7 @@ def test_token_appears_only_in_the_authorization_header(
         prepared = call.args[1]
         sent.append((prepared.method, prepared.url, prepared.body, dict(prepared.headers)))
     for call in async_send.call_args_list:
-        request = call.args[1]
+        request = call.kwargs["request"] if "request" in call.kwargs else call.args[1]
         sent.append((request.method, str(request.url), request.content, dict(request.headers)))
     assert len(sent) > 30 and async_send.call_count > 3
     for method, url, body, headers in sent:

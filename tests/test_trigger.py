@@ -1,6 +1,6 @@
 """RunCompletedTrigger: serialization, the one event it yields, retries, deadlines, cancellation.
 
-Two layers: transport-level unit tests (``httpx.AsyncClient.request`` or the hook's ``afind_run``
+Two layers: transport-level unit tests (``httpx.AsyncClient.send`` or the hook's ``afind_run``
 mocked with pytest-mock), and the same behaviours over real HTTP against the Unpod simulator.
 Delays are tiny; no assertion depends on how long something took.
 """
@@ -58,11 +58,18 @@ def runs_response(*runs: dict[str, Any], status_code: int = 200, **extra: Any) -
         "message": "Runs Fetched Successfully",
         "data": list(runs),
     }
-    return httpx.Response(status_code, json=body, request=httpx.Request("GET", "http://x/"), **extra)
+    return streamed(status_code, json.dumps(body).encode(), **extra)
 
 
 def error_response(status_code: int, text: str = "<html>oops</html>", **extra: Any) -> httpx.Response:
-    return httpx.Response(status_code, text=text, request=httpx.Request("GET", "http://x/"), **extra)
+    return streamed(status_code, text.encode(), **extra)
+
+
+def streamed(status_code: int, body: bytes, **extra: Any) -> httpx.Response:
+    """A response as ``AsyncClient.send(..., stream=True)`` returns it: the body not read yet."""
+    return httpx.Response(
+        status_code, stream=httpx.ByteStream(body), request=httpx.Request("GET", "http://x/"), **extra
+    )
 
 
 def make_trigger(**overrides: Any) -> RunCompletedTrigger:
@@ -386,7 +393,7 @@ async def test_connection_is_read_with_the_async_lookup(mocker: Any) -> None:
 
         sync_get = mocker.patch.object(BaseHook, "get_connection", side_effect=sync_lookup)
     request = mocker.patch.object(
-        httpx.AsyncClient, "request", new=mocker.AsyncMock(return_value=runs_response(run_obj("completed")))
+        httpx.AsyncClient, "send", new=mocker.AsyncMock(return_value=runs_response(run_obj("completed")))
     )
     (event,) = await collect(make_trigger())
     assert event["status"] == "success"
@@ -395,15 +402,15 @@ async def test_connection_is_read_with_the_async_lookup(mocker: Any) -> None:
         sync_get.assert_not_called()
     else:
         assert len(sync_threads) == 1 and sync_threads[0] != loop_thread
-    method, path = request.await_args.args[:2]
-    assert (method, path) == ("GET", f"/api/v2/platform/spaces/{SPACE}/runs/")
-    assert request.await_args.kwargs["params"] == {"page": 1, "page_size": 100}
+    sent = request.await_args.kwargs["request"]
+    assert (sent.method, sent.url.path) == ("GET", f"/api/v2/platform/spaces/{SPACE}/runs/")
+    assert dict(sent.url.params) == {"page": "1", "page_size": "100"}
 
 
 async def test_transient_5xx_and_429_are_retried_not_fatal(mocker: Any, conn_env: None) -> None:
     request = mocker.patch.object(
         httpx.AsyncClient,
-        "request",
+        "send",
         new=mocker.AsyncMock(
             side_effect=[
                 runs_response(run_obj("running")),
@@ -422,7 +429,7 @@ async def test_transient_5xx_and_429_are_retried_not_fatal(mocker: Any, conn_env
 async def test_transport_errors_are_retried(mocker: Any, conn_env: None) -> None:
     mocker.patch.object(
         httpx.AsyncClient,
-        "request",
+        "send",
         new=mocker.AsyncMock(
             side_effect=[
                 httpx.ReadTimeout("slow"),
@@ -437,7 +444,7 @@ async def test_transport_errors_are_retried(mocker: Any, conn_env: None) -> None
 
 async def test_persistent_5xx_becomes_error_event(mocker: Any, conn_env: None) -> None:
     request = mocker.patch.object(
-        httpx.AsyncClient, "request", new=mocker.AsyncMock(return_value=error_response(500))
+        httpx.AsyncClient, "send", new=mocker.AsyncMock(side_effect=lambda *a, **k: error_response(500))
     )
     (event,) = await collect(make_trigger())
     assert event["status"] == "error"
@@ -451,10 +458,8 @@ async def test_business_error_is_not_retried(mocker: Any, conn_env: None) -> Non
     body = {"status_code": 206, "message": "Invalid Space Token", "data": {}}
     request = mocker.patch.object(
         httpx.AsyncClient,
-        "request",
-        new=mocker.AsyncMock(
-            return_value=httpx.Response(206, json=body, request=httpx.Request("GET", "http://x/"))
-        ),
+        "send",
+        new=mocker.AsyncMock(return_value=streamed(206, json.dumps(body).encode())),
     )
     (event,) = await collect(make_trigger())
     assert event["status"] == "error"

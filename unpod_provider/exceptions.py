@@ -141,6 +141,25 @@ class UnpodIncompleteResponseError(UnpodProtocolError):
     retryable = True
 
 
+class UnpodInconsistentListError(UnpodProtocolError):
+    """A list answer disagrees with itself or with the answers before it.
+
+    A short page inside the reported total, an empty first page with ``count`` > 0, a page that
+    repeats items already read, a ``count`` that drops or vanishes: retried (a lagging replica
+    or a stale cache may be transient), then raised, never turned into a shorter list.
+    """
+
+    retryable = True
+
+
+class UnpodResponseTooLargeError(UnpodProtocolError):
+    """The decoded response grew past the size cap (connection extra ``max_response_mb``).
+
+    Refused while reading, so one answer cannot exhaust the worker's or triggerer's memory.
+    Never retried: the same request would bring the same body.
+    """
+
+
 class UnpodTransportError(UnpodError):
     """The request did not get a complete answer: connection refused/reset, timeout, cut body.
 
@@ -162,7 +181,18 @@ class UnpodConnectionError(UnpodTransportError):
 
 
 class UnpodTimeoutError(UnpodTransportError):
-    """The server did not answer within the connect or read timeout."""
+    """The server did not answer within the connect or read timeout, or the whole exchange
+    took longer than its deadline."""
+
+
+class UnpodTLSError(UnpodConnectionError):
+    """The TLS handshake failed (certificate not trusted, wrong host name, expired, ...).
+
+    Nothing was sent, so it is never "uncertain"; never retried: the same certificate comes back.
+    """
+
+    retryable = False
+    request_sent = False
 
 
 class UnpodRunNotFinishedError(UnpodError):
@@ -177,6 +207,17 @@ class UnpodRunFailedError(UnpodError):
         self.run_id = run_id
         self.run_status = run_status
         self.run = run
+
+
+class UnpodResumeConflictError(UnpodError):
+    """On a task retry, a run that may be an earlier try's could not be matched exactly.
+
+    Raised instead of starting a second run: ``run_ids`` names the candidates to check.
+    """
+
+    def __init__(self, message: str, *, run_ids: list[str]) -> None:
+        super().__init__(message)
+        self.run_ids = list(run_ids)
 
 
 class UnpodCreateRunUncertainError(UnpodError):
@@ -195,12 +236,16 @@ __all__ = [
     "UnpodCreateRunUncertainError",
     "UnpodError",
     "UnpodIncompleteResponseError",
+    "UnpodInconsistentListError",
     "UnpodNotFoundError",
     "UnpodProtocolError",
     "UnpodRateLimitError",
+    "UnpodResponseTooLargeError",
+    "UnpodResumeConflictError",
     "UnpodRunFailedError",
     "UnpodRunNotFinishedError",
     "UnpodServerError",
+    "UnpodTLSError",
     "UnpodTimeoutError",
     "UnpodTransportError",
 ]

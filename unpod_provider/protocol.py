@@ -18,8 +18,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from unpod_provider import __version__
 from unpod_provider.exceptions import (
@@ -29,6 +30,7 @@ from unpod_provider.exceptions import (
     UnpodConfigError,
     UnpodError,
     UnpodIncompleteResponseError,
+    UnpodInconsistentListError,
     UnpodNotFoundError,
     UnpodProtocolError,
     UnpodRateLimitError,
@@ -46,8 +48,14 @@ AUTH_SCHEMES = ("Token", "Bearer", "JWT")
 DEFAULT_AUTH_SCHEME = "Token"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
-#: A whole response (headers and body) must arrive within this many read timeouts.
+#: A whole exchange (request sent to last byte of the answer) must end within this many read timeouts.
 RESPONSE_DEADLINE_FACTOR = 4
+#: Default cap on one decoded response body (connection extra ``max_response_mb``): far above
+#: any real page (1,000 tasks with long transcripts is a few MB), far below what kills a worker.
+DEFAULT_MAX_RESPONSE_MB = 64.0
+MAX_RESPONSE_MB_LIMIT = 4096.0
+#: What replaces a credential found in text that came from the server.
+REDACTED = "***"
 
 DEFAULT_PAGE_SIZE = 100
 MIN_PAGE_SIZE = 1
@@ -83,8 +91,6 @@ TASK_STATUSES = (
 
 #: Dotted paths of task fields that are credential-like or personal: kept out of XCom by default.
 SENSITIVE_TASK_FIELDS = ("user_info.user_token", "user_info.location")
-
-RETRYABLE_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +228,12 @@ class ClientConfig:
     auth_scheme: str = DEFAULT_AUTH_SCHEME
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     verify: bool = True
+    #: A PEM file of CAs to trust instead of the default bundle (extra ``ca_bundle``).
+    ca_bundle: str | None = None
     allow_insecure_http: bool = False
+    max_response_bytes: int = int(DEFAULT_MAX_RESPONSE_MB * 1024 * 1024)
+    #: Overrides ``RESPONSE_DEADLINE_FACTOR`` read timeouts (the UI's Test button uses less).
+    exchange_deadline: float | None = None
     conn_id: str | None = None
 
     @property
@@ -231,13 +242,22 @@ class ClientConfig:
 
     @property
     def response_deadline(self) -> float:
-        """The most one response may take in all, request sent to last byte.
+        """The most one exchange may take in all, from sending the request to the last byte.
 
         The read timeout only bounds the silence between two bytes, so a server that trickles
-        its answer could hold a request for ever; this caps the whole exchange at
-        ``RESPONSE_DEADLINE_FACTOR`` read timeouts (2 minutes by default).
+        its status line, headers or body could hold a request for ever; this caps the whole
+        exchange at ``RESPONSE_DEADLINE_FACTOR`` read timeouts (2 minutes by default).
         """
+        if self.exchange_deadline is not None:
+            return self.exchange_deadline
         return RESPONSE_DEADLINE_FACTOR * self.timeout
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What the HTTP client verifies the server's certificate with: off, or a CA bundle."""
+        if not self.verify:
+            return False
+        return self.ca_bundle or True
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -250,6 +270,31 @@ class ClientConfig:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
+
+    @cached_property
+    def _secrets(self) -> tuple[str, ...]:
+        """The token as it may appear in text: raw, percent-encoded, JSON-escaped."""
+        forms = {self.token, quote(self.token, safe=""), json.dumps(self.token)[1:-1]}
+        return tuple(sorted((f for f in forms if f), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """``text`` from the server with every form of the token replaced by ``***``."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def scrub_body(self, body: bytes) -> bytes:
+        """A response body with every form of the token replaced (no copy when it has none)."""
+        for secret in self._secrets:
+            raw = secret.encode("utf-8")
+            if raw in body:
+                body = body.replace(raw, REDACTED.encode())
+        return body
+
+    def scrub_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        """Response headers with the token scrubbed from every value."""
+        return {name: self.scrub(value) for name, value in (headers or {}).items()}
 
     @classmethod
     def from_connection_fields(
@@ -309,6 +354,18 @@ class ClientConfig:
             )
 
         verify = _as_bool(_extra(extra, "verify", True), f"Connection '{conn_id}': verify")
+        ca_bundle = _extra(extra, "ca_bundle")
+        if ca_bundle in (None, ""):
+            ca_bundle = None
+        elif not isinstance(ca_bundle, str):
+            raise UnpodConfigError(f"Connection '{conn_id}': ca_bundle must be the path of a PEM file")
+        max_mb = positive_number(
+            _extra(extra, "max_response_mb", DEFAULT_MAX_RESPONSE_MB),
+            f"Connection '{conn_id}': max_response_mb",
+            unit="megabytes",
+            maximum=MAX_RESPONSE_MB_LIMIT,
+            error=UnpodConfigError,
+        )
         allow_insecure = _as_bool(
             _extra(extra, "allow_insecure_http", False), f"Connection '{conn_id}': allow_insecure_http"
         )
@@ -326,7 +383,9 @@ class ClientConfig:
             auth_scheme=auth_scheme,
             timeout=timeout,
             verify=verify,
+            ca_bundle=ca_bundle,
             allow_insecure_http=allow_insecure,
+            max_response_bytes=int(max_mb * 1024 * 1024),
             conn_id=conn_id,
         )
 
@@ -352,10 +411,18 @@ def normalize_base_url(
     if "://" not in raw:
         scheme = schema if schema in ("http", "https") else "https"
         raw = f"{scheme}://{raw}"
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - a bad port raises here, not later
+    except ValueError:
+        raise UnpodConfigError(
+            f"Connection '{conn_id}': host must be a base URL such as https://unpod.ai, "
+            f"got {_without_userinfo(raw)[:60]!r}"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnpodConfigError(
-            f"Connection '{conn_id}': host must be a base URL such as https://unpod.ai, got {raw[:60]!r}"
+            f"Connection '{conn_id}': host must be a base URL such as https://unpod.ai, "
+            f"got {_without_userinfo(raw)[:60]!r}"
         )
     if any(ch.isspace() or ord(ch) < 32 for ch in raw):
         raise UnpodConfigError(f"Connection '{conn_id}': host contains whitespace or control characters")
@@ -363,6 +430,96 @@ def normalize_base_url(
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"
     return f"{parts.scheme}://{netloc}"
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` removed, for an error message."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    authority = authority.rsplit("@", 1)[-1]
+    return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
+def positive_number(
+    value: Any,
+    name: str,
+    *,
+    unit: str = "seconds",
+    maximum: float | None = None,
+    error: type[ValueError] = ValueError,
+) -> float:
+    """A finite number > 0 (and <= ``maximum``), else ``error`` naming ``name``.
+
+    Numeric strings are accepted (connection extras are often strings); booleans are not.
+    """
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or not math.isfinite(number)
+        or number <= 0
+    ):
+        raise error(f"{name} must be a positive number of {unit}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise error(f"{name} must be at most {maximum:g} {unit}, got {value!r}")
+    return float(number)
+
+
+def proxy_for(base_url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy the token's requests go through, or None for a direct connection.
+
+    Only for ``https://`` (the proxy then sees a CONNECT to the host, never the token) and
+    never for a loopback host; from ``https_proxy``/``HTTPS_PROXY`` (else ``all_proxy``),
+    unless ``no_proxy``/``NO_PROXY`` names the host. Plain ``http://`` is never proxied: the
+    token would cross the proxy in clear text.
+    """
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "https" or is_loopback_host(host):
+        return None
+    proxy = next(
+        (
+            environ[name].strip()
+            for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+            if environ.get(name, "").strip()
+        ),
+        None,
+    )
+    if proxy is None or _bypasses_proxy(host, parts.port or 443, environ):
+        return None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"
+    proxy_parts = urlsplit(proxy)
+    if proxy_parts.scheme not in ("http", "https") or not proxy_parts.hostname:
+        raise UnpodConfigError(
+            f"the https proxy from the environment must be an http:// or https:// URL, got "
+            f"{_without_userinfo(proxy)[:60]!r}"
+        )
+    return urlunsplit((proxy_parts.scheme, proxy_parts.netloc, "", "", ""))
+
+
+def _bypasses_proxy(host: str, port: int, environ: Mapping[str, str]) -> bool:
+    """Whether ``no_proxy`` names ``host`` (``*``, the host, a domain suffix, optional port)."""
+    raw = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    for entry in (e.strip().lower() for e in raw.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.partition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,6 +774,21 @@ def parse_response(
     return parse_envelope(payload, what=what, expect_list=expect_list)
 
 
+def read_response(
+    config: ClientConfig,
+    status_code: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Envelope:
+    """The answer to one HTTP exchange, as both hooks read it: scrubbed, then parsed.
+
+    Everything that came from the server (body, header values) loses every form of the token
+    before it is parsed, so no error message, log line, event or XCom value can carry it.
+    """
+    return parse_response(status_code, config.scrub_body(body), config.scrub_headers(headers), **kwargs)
+
+
 # --------------------------------------------------------------------------------------------
 # Retry policy (plain data, so it can cross into the triggerer)
 # --------------------------------------------------------------------------------------------
@@ -698,13 +870,16 @@ class PageWalk:
 
         walk = PageWalk(page_size=100, id_key="task_id")
         while (page := walk.next_page()) is not None:
-            new_items = walk.feed(page, fetch(page))   # fetch returns an Envelope
-            yield from new_items
+            envelope = fetch(page)        # retried while walk.check(page, envelope) raises
+            yield from walk.feed(page, envelope)
 
     Rules: always send an explicit page_size; the effective page size is the length of the first
-    page actually received (a server may cap it silently); stop once ``count`` distinct items are
-    held, or a page comes back short or empty, never by asking for one more page; de-duplicate by
-    id (newest-first pages shift while new items arrive); note when the total moved.
+    page actually received (a server may cap it silently, which a second identical answer
+    confirms); stop once the pages cover ``count`` positions or a page comes back short or
+    empty, never by asking for one more page; de-duplicate by id (newest-first pages shift while
+    new items arrive at the head). Fail closed: an answer that disagrees with itself or with the
+    answers before it (``check``) raises ``UnpodInconsistentListError``, which is retried like a
+    transient failure and then raised; the walk never ends early with fewer items.
     """
 
     page_size: int
@@ -720,7 +895,8 @@ class PageWalk:
     pages_fetched: int = 0
     notes: list[str] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set, repr=False)
-    _stalled_pages: int = 0
+    #: Length of a short first page seen once: the same length again means a silent size cap.
+    _short_first_page: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_page_size(self.page_size)
@@ -743,10 +919,68 @@ class PageWalk:
             return MAX_PAGES_WITHOUT_COUNT
         return 2 * max(1, math.ceil(self.first_count / self.effective_page_size)) + 2
 
+    def _disagree(self, page: int, why: str) -> UnpodInconsistentListError:
+        return UnpodInconsistentListError(
+            f"the server's answers for {self.what} disagree: page {page} {why}", status_code=200
+        )
+
+    def check(self, page: int, envelope: Envelope) -> None:
+        """Raise ``UnpodInconsistentListError`` if the answer for ``page`` cannot be right.
+
+        Checked against the answer's own ``count`` and what earlier pages said: a page shorter
+        (or longer) than its place in the total, an empty first page with ``count`` > 0, a
+        ``count`` that drops or vanishes, items already read beyond what the list's growth
+        explains (a repeated or stale page). Safe to call again for a new answer.
+        """
+        items = envelope.data
+        n = len(items)
+        count = envelope.count
+        if count is None and self.count is not None:
+            raise self._disagree(page, f"has no count although earlier pages said {self.count}")
+        if count is not None and self.count is not None and count < self.count:
+            raise self._disagree(page, f"says the total is {count}, an earlier page said {self.count}")
+        if count is not None and page == 1:
+            if n > count:
+                raise self._disagree(page, f"holds {n} items but says the total is {count}")
+            if n == 0 and count > 0:
+                raise self._disagree(page, f"is empty but says the total is {count}")
+            if n < min(self.page_size, count) and self._short_first_page != n:
+                # A silent page-size cap, or a replica that lags: asked again, a cap says the same.
+                self._short_first_page = n
+                raise self._disagree(
+                    page, f"holds {n} of the {min(self.page_size, count)} items its total of {count} implies"
+                )
+        elif count is not None:
+            size = self.effective_page_size or self.page_size
+            expected = max(0, min(size, count - (page - 1) * size))
+            if n != expected:
+                raise self._disagree(
+                    page,
+                    f"holds {n} items, but with {count} in all and {size} per page it should hold {expected}",
+                )
+        repeated = 0
+        on_page: set[str] = set()
+        for item in items:
+            key = item.get(self.id_key)
+            if key is None:
+                continue
+            key = str(key)
+            if key in self._seen or key in on_page:
+                repeated += 1
+            on_page.add(key)
+        growth = max(0, (count or 0) - (self.first_count if self.first_count is not None else (count or 0)))
+        if repeated and self.duplicates + repeated > growth:
+            raise self._disagree(
+                page,
+                f"repeats {repeated} items already read, more than the {growth} new ones at the head "
+                "of the list explain (a stale or repeated page)",
+            )
+
     def feed(self, page: int, envelope: Envelope) -> list[dict[str, Any]]:
-        """Take the envelope of ``page``; return the items not seen before, in API order."""
+        """Take the envelope of ``page`` (``check``-ed again); return the new items, in API order."""
         if page != self.page + 1:
             raise ValueError(f"pages must be fed in order: expected {self.page + 1}, got {page}")
+        self.check(page, envelope)
         self.page = page
         self.pages_fetched += 1
         items: list[dict[str, Any]] = list(envelope.data)
@@ -756,7 +990,7 @@ class PageWalk:
             elif envelope.count != self.count:
                 self.notes.append(
                     f"the total of {self.what} moved from {self.count} to {envelope.count} while reading "
-                    f"(page {page})"
+                    f"(page {page}); items added at the head after page 1 was read are not in this list"
                 )
             self.count = envelope.count
         if page == 1:
@@ -764,7 +998,7 @@ class PageWalk:
             if 0 < len(items) < self.page_size and self.count is not None and self.count > len(items):
                 self.notes.append(
                     f"the server returned {len(items)} {self.what} per page although {self.page_size} "
-                    "were asked for; paging with the smaller size"
+                    "were asked for (twice); paging with the smaller size"
                 )
 
         fresh: list[dict[str, Any]] = []
@@ -783,38 +1017,16 @@ class PageWalk:
         self.held += len(fresh)
 
         effective = self.effective_page_size or self.page_size
-        if (
-            not items
-            or len(items) < effective
-            or (self.count is not None and self.held >= self.count)
-            or (self.count is None and len(items) < self.page_size)
-        ):
+        covered = page * effective
+        if not items or len(items) < effective or (self.count is not None and covered >= self.count):
             self.done = True
         if not self.done:
-            self._stalled_pages = self._stalled_pages + 1 if not fresh else 0
-            # Items added at the head push seen items onto later pages: as many repeats as the
-            # total grew are expected (``page_limit`` bounds a list that keeps growing).
-            growth = max(0, (self.count or 0) - (self.first_count or 0))
-            if self._stalled_pages >= 3 and self.duplicates > growth + effective:
-                raise UnpodProtocolError(
-                    f"pagination of {self.what} is not advancing: pages {page - 2}..{page} held "
-                    "only items already seen (does the server ignore 'page'?)"
-                )
             limit = self.page_limit()
             if page >= limit:
                 raise UnpodProtocolError(
                     f"pagination of {self.what} stopped at page {page}: the list kept growing while it "
                     f"was read (first {self.first_count} items, now {self.count}); read it again later"
                 )
-        if (
-            self.done
-            and self.count is not None
-            and self.held < self.count
-            and (self.first_count is None or self.held < min(self.count, self.first_count))
-        ):
-            self.notes.append(
-                f"the server reported {self.count} {self.what} but returned {self.held} distinct ones"
-            )
         return fresh
 
     def end_on_not_found(self, page: int) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from unpod_provider.exceptions import UnpodNotFoundError
+from unpod_provider.exceptions import UnpodInconsistentListError, UnpodNotFoundError
 from unpod_provider.protocol import Envelope, PageWalk
 
 #: Pages requested at once by default: the size of ``requests``' default connection pool, so the
@@ -58,29 +58,32 @@ class Throttle:
 
 def walk_pages(
     walk: PageWalk,
-    fetch: Callable[[int], Envelope],
+    fetch: Callable[[int, bool], Envelope],
     *,
     max_concurrency: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """Yield each new item of ``walk``'s list, fetching pages with ``fetch(page)``.
+    """Yield each new item of ``walk``'s list, fetching pages with ``fetch(page, checked)``.
 
-    With ``max_concurrency`` > 1, pages 2..N (N from the first page's count) are requested
+    ``fetch(page, True)`` retries until ``walk.check`` accepts the answer (or raises);
+    ``fetch(page, False)`` is a plain fetch, for pages requested ahead of the walk. With
+    ``max_concurrency`` > 1, pages 2..N (N from the first page's count) are requested
     concurrently, at most ``max_concurrency`` at once and at most ``2 * max_concurrency`` held
-    in memory, then fed in order. Pages still missing afterwards (the total grew while reading)
-    are fetched one by one. A 404 past the first page ends the list, as on stricter servers.
+    in memory, then checked and fed in order. A page that disagrees with the pages before it is
+    fetched again, sequentially and checked, like every page still missing afterwards (the
+    total grew while reading). A 404 past the end of the list ends it, as on stricter servers.
     """
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
     page = walk.next_page()
     if page is None:
         return
-    yield from walk.feed(page, fetch(page))
+    yield from walk.feed(page, fetch(page, True))
     planned_last = walk.max_pages()
     if max_concurrency > 1 and not walk.done and planned_last is not None and planned_last > walk.page:
         yield from _concurrent(walk, fetch, range(walk.page + 1, planned_last + 1), max_concurrency)
     while (page := walk.next_page()) is not None:
         try:
-            envelope = fetch(page)
+            envelope = fetch(page, True)
         except UnpodNotFoundError:
             if walk.end_on_not_found(page):
                 return
@@ -89,7 +92,7 @@ def walk_pages(
 
 
 def _concurrent(
-    walk: PageWalk, fetch: Callable[[int], Envelope], pages: range, max_concurrency: int
+    walk: PageWalk, fetch: Callable[[int, bool], Envelope], pages: range, max_concurrency: int
 ) -> Iterator[dict[str, Any]]:
     window = 2 * max_concurrency
     pending: dict[int, Future[Envelope]] = {}
@@ -104,7 +107,7 @@ def _concurrent(
                 nxt = next(upcoming, None)
                 if nxt is None:
                     return
-                pending[nxt] = executor.submit(fetch, nxt)
+                pending[nxt] = executor.submit(fetch, nxt, False)
 
         top_up()
         for page in pages:
@@ -115,10 +118,12 @@ def _concurrent(
                 if walk.end_on_not_found(page):
                     return
                 raise
-            if _read_before_previous(walk, envelope):
-                # This page was served before items were added at the head of the list, the
-                # previous one after: the items in between were on neither. Read on sequentially
-                # from this page (offsets only grow from now on), so nothing is skipped.
+            try:
+                walk.check(page, envelope)
+            except UnpodInconsistentListError:
+                # Served out of order around a change of the list (page n before items arrived
+                # at the head, page n - 1 after), or a bad answer: read on sequentially from this
+                # page, each answer checked and retried, so nothing is skipped.
                 return
             yield from walk.feed(page, envelope)
             if walk.done:
@@ -128,14 +133,3 @@ def _concurrent(
         for future in pending.values():
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _read_before_previous(walk: PageWalk, envelope: Envelope) -> bool:
-    """Whether a concurrently fetched page saw a smaller total than the page before it.
-
-    New items arrive at the head of a newest-first list and push every item down. Pages fetched
-    in parallel are not served in page order, so page ``n`` may be served before an arrival and
-    page ``n - 1`` after it: the items pushed from ``n - 1`` onto ``n`` then come back on neither.
-    The total of each answer tells: it shrinks from one page to the next in exactly that case.
-    """
-    return walk.count is not None and envelope.count is not None and envelope.count < walk.count

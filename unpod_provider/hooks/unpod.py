@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
-import ssl
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -21,20 +20,23 @@ from unpod_provider._compat import BaseHook
 from unpod_provider.connection_form import CONN_TYPE, HOOK_NAME, connection_form_widgets, ui_field_behaviour
 from unpod_provider.exceptions import (
     UnpodConfigError,
-    UnpodConnectionError,
     UnpodCreateRunUncertainError,
     UnpodError,
     UnpodNotFoundError,
-    UnpodProtocolError,
     UnpodRateLimitError,
-    UnpodTimeoutError,
     UnpodTransportError,
 )
+from unpod_provider.hooks import _transport
 from unpod_provider.hooks._pages import DEFAULT_MAX_CONCURRENCY, Throttle, walk_pages
 from unpod_provider.protocol import ClientConfig, Envelope, PageWalk, RetryPolicy
 
 if TYPE_CHECKING:
     import requests
+
+
+#: The UI's Test button: read timeout and deadline of each exchange, and the retry budget.
+TEST_CONNECTION_TIMEOUT = 10.0
+TEST_CONNECTION_RETRY_SECONDS = 5.0
 
 
 def config_from_connection(conn: Any, *, conn_id: str, timeout: float | None = None) -> ClientConfig:
@@ -138,16 +140,7 @@ class UnpodHook(BaseHook):
     def get_conn(self) -> requests.Session:
         """The hook's one ``requests.Session``, created on first use."""
         if self._session is None:
-            import requests
-
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, self.max_concurrency))
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            session.headers.update(self.config.headers())
-            session.verify = self.config.verify
-            session.trust_env = True
-            self._session = session
+            self._session = _transport.build_session(self.config, pool_size=max(10, self.max_concurrency))
             if not self.config.verify:
                 self.log.warning(
                     "TLS certificate verification is OFF for connection '%s' (extra verify: false)",
@@ -169,62 +162,6 @@ class UnpodHook(BaseHook):
 
     # ---- transport -----------------------------------------------------------------------------
 
-    def _send(
-        self, method: str, path: str, *, params: Mapping[str, Any] | None, json_body: Any
-    ) -> tuple[int, bytes, Mapping[str, str]]:
-        """One HTTP exchange; transport failures become typed, token-free errors."""
-        import requests
-
-        session = self.get_conn()
-        url = self.config.url(path)
-        allowed = self.config.response_deadline
-        try:
-            started = time.monotonic()
-            response = session.request(
-                method,
-                url,
-                params=params,
-                json=json_body,
-                timeout=(self.config.connect_timeout, self.config.timeout),
-                allow_redirects=False,
-                stream=True,  # read below, chunk by chunk, against the deadline
-            )
-            with response:
-                body = _read_body(response, started + allowed)
-        except _ResponseTooSlow:
-            raise UnpodTimeoutError(
-                f"{method} {path}: the whole response took over {allowed:g}s (the server sent it too slowly)"
-            ).with_sent(True) from None
-        except requests.exceptions.ConnectTimeout:
-            raise UnpodTimeoutError(
-                f"connecting to {self.config.base_url} timed out after {self.config.connect_timeout:g}s",
-            ).with_sent(False) from None
-        except requests.exceptions.Timeout:
-            raise UnpodTimeoutError(
-                f"{method} {path} got no answer within the read timeout of {self.config.timeout:g}s"
-            ).with_sent(True) from None
-        except requests.exceptions.ConnectionError as err:
-            if _is_read_timeout(err):  # requests reports a timeout while reading the body this way
-                raise UnpodTimeoutError(
-                    f"{method} {path}: the response body did not arrive within the read timeout of "
-                    f"{self.config.timeout:g}s"
-                ).with_sent(True) from None
-            sent = not _is_connect_failure(err)
-            reason = "could not connect to" if not sent else "lost the connection to"
-            raise UnpodConnectionError(
-                f"{method} {path}: {reason} {self.config.base_url} ({type(err).__name__})"
-            ).with_sent(sent) from None
-        except requests.exceptions.ChunkedEncodingError as err:
-            raise UnpodConnectionError(
-                f"{method} {path}: the response body was cut off ({type(err).__name__})"
-            ).with_sent(True) from None
-        except requests.exceptions.ContentDecodingError as err:
-            raise UnpodConnectionError(
-                f"{method} {path}: the response body could not be decoded as its Content-Encoding "
-                f"says ({type(err).__name__})"
-            ).with_sent(True) from None
-        return response.status_code, body, response.headers
-
     def _call(
         self,
         method: str,
@@ -237,17 +174,26 @@ class UnpodHook(BaseHook):
         resource: str | None = None,
         identifier: str | None = None,
         retryable: Callable[[BaseException], bool] | None = None,
+        check: Callable[[Envelope], None] | None = None,
     ) -> Envelope:
-        """Send with the retry policy and parse the answer into an envelope."""
+        """Send with the retry policy and parse the answer into an envelope.
+
+        ``check`` may refuse a parsed answer (an inconsistent page): that is retried like a
+        transient failure.
+        """
         import tenacity
 
         from unpod_provider._retry import tenacity_kwargs
 
         def attempt() -> Envelope:
             self._throttle.wait(sleep=tenacity.nap.sleep)
-            status, body, headers = self._send(method, path, params=params, json_body=json_body)
+            session = self.get_conn()
+            status, body, headers = _transport.send(
+                session, self.config, method, path, params=params, json_body=json_body
+            )
             try:
-                return protocol.parse_response(
+                envelope = protocol.read_response(
+                    self.config,
                     status,
                     body,
                     headers,
@@ -263,6 +209,9 @@ class UnpodHook(BaseHook):
                 policy = self.retry_policy
                 self._throttle.pause(min(policy.delay(1, err), policy.max_total_seconds))
                 raise
+            if check is not None:
+                check(envelope)
+            return envelope
 
         retrying = tenacity.Retrying(
             **tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}", retryable)
@@ -292,7 +241,7 @@ class UnpodHook(BaseHook):
         concurrency = self.max_concurrency if max_concurrency is None else max_concurrency
         walk = PageWalk(page_size=page_size, id_key=id_key, what=what)
 
-        def fetch(page: int) -> Envelope:
+        def fetch(page: int, checked: bool) -> Envelope:
             return self._call(
                 "GET",
                 path,
@@ -301,6 +250,7 @@ class UnpodHook(BaseHook):
                 expect_list=True,
                 resource=resource,
                 identifier=identifier,
+                check=functools.partial(walk.check, page) if checked else None,
             )
 
         def items() -> Iterator[dict[str, Any]]:
@@ -497,7 +447,7 @@ class UnpodHook(BaseHook):
                     )
                     last_error = err
                     continue
-                if _may_have_reached_server(err):
+                if _transport.may_have_reached_server(err):
                     raise UnpodCreateRunUncertainError(
                         f"Creating a run in space '{space_token}' failed after the request may have reached "
                         f"the server ({err}); the run may or may not exist. Check the space's runs "
@@ -526,8 +476,17 @@ class UnpodHook(BaseHook):
             return False, str(err)
         except Exception as err:  # noqa: BLE001 - the UI wants a message, not a traceback
             return False, f"Could not read connection '{self.unpod_conn_id}': {type(err).__name__}"
-        quick = UnpodHook(self.unpod_conn_id, retry_limit=2, retry_delay=0.5, timeout=min(config.timeout, 15))
-        quick.config = config  # reuse what was just read; no second lookup
+        # The Test button runs inside the API server: every exchange and the whole test bounded.
+        timeout = min(config.timeout, TEST_CONNECTION_TIMEOUT)
+        quick = UnpodHook(
+            self.unpod_conn_id,
+            retry_limit=2,
+            retry_delay=0.5,
+            timeout=timeout,
+            max_retry_seconds=TEST_CONNECTION_RETRY_SECONDS,
+        )
+        # Reuse what was just read (no second lookup), with the Test's own short deadlines.
+        quick.config = dataclasses.replace(config, timeout=timeout, exchange_deadline=timeout)
         try:
             orgs = quick.list_organizations()
             handles = [str(o.get("domain_handle")) for o in orgs if isinstance(o, Mapping)]
@@ -545,102 +504,11 @@ class UnpodHook(BaseHook):
         return True, f"Connected to org '{config.org_handle}' ({len(spaces)} spaces)"
 
 
-@functools.lru_cache(maxsize=2)
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """httpx's client TLS context for ``verify``, built once per process and shared by clients."""
-    import httpx
-
-    return httpx.create_ssl_context(verify=verify)
-
-
-def _is_connect_failure(err: Exception) -> bool:
-    """True when requests failed before the request could be sent (refused, DNS, connect)."""
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
-    return _chain_has(err, (NewConnectionError, NameResolutionError, ConnectionRefusedError))
-
-
-class _ResponseTooSlow(Exception):
-    """The response did not arrive whole before its deadline (raised between two chunks)."""
-
-
-#: Most bytes taken from the socket at a time; the deadline is checked between two reads.
-_READ_CHUNK_BYTES = 64 * 1024
-
-
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    """The whole body of a streamed response, or ``_ResponseTooSlow`` once ``deadline``
-    (``time.monotonic()``) has passed with more still to come.
-
-    ``read1`` returns whatever has arrived (``read``/``iter_content`` would block until a full
-    chunk), so the deadline is checked after every piece; one piece can overrun it by at most
-    one read timeout. urllib3 errors become the ``requests`` errors ``iter_content`` raises.
-    """
-    import requests
-    from urllib3 import exceptions as urllib3_errors
-
-    raw = response.raw
-    if raw is None:  # a Response built in memory already holds its body
-        return response.content
-    read = getattr(raw, "read1", None)
-    if read is None:  # pragma: no cover - urllib3 < 2.1 (iter_content blocks per chunk instead)
-        return response.content
-    chunks = []
-    try:
-        while chunk := read(_READ_CHUNK_BYTES, decode_content=True):
-            chunks.append(chunk)
-            if time.monotonic() > deadline and read(_READ_CHUNK_BYTES, decode_content=True):
-                raise _ResponseTooSlow  # late, and more to come (a body complete just late is kept)
-    except urllib3_errors.ProtocolError as err:
-        raise requests.exceptions.ChunkedEncodingError(err) from err
-    except urllib3_errors.DecodeError as err:
-        raise requests.exceptions.ContentDecodingError(err) from err
-    except urllib3_errors.ReadTimeoutError as err:
-        raise requests.exceptions.ConnectionError(err) from err
-    except urllib3_errors.SSLError as err:
-        raise requests.exceptions.SSLError(err) from err
-    return b"".join(chunks)
-
-
-def _is_read_timeout(err: Exception) -> bool:
-    """True when a requests ``ConnectionError`` wraps urllib3's read timeout (body too slow)."""
-    from urllib3.exceptions import ReadTimeoutError
-
-    return _chain_has(err, (ReadTimeoutError,))
-
-
-def _chain_has(err: Exception, types: tuple[type[BaseException], ...]) -> bool:
-    """Whether ``err`` or an error it wraps (reason, args, cause, context) is one of ``types``."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, types):
-            return True
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            current = reason
-            continue
-        args = getattr(current, "args", ())
-        nested = next((a for a in args if isinstance(a, BaseException)), None)
-        current = nested or current.__cause__ or current.__context__
-    return False
-
-
 def _safe_to_retry_create(error: BaseException) -> bool:
     """A create may be retried only if the server certainly did not process it."""
     if isinstance(error, UnpodRateLimitError):
         return True
-    return isinstance(error, UnpodTransportError) and not error.request_sent
-
-
-def _may_have_reached_server(error: UnpodError) -> bool:
-    if isinstance(error, UnpodTransportError):
-        return error.request_sent
-    if isinstance(error, UnpodProtocolError):
-        # A success status with an unreadable (empty, cut, odd) body: the run was probably created.
-        return error.status_code is None or 200 <= error.status_code < 300
-    return error.status_code is not None and error.status_code >= 500
+    return isinstance(error, UnpodTransportError) and error.retryable and not error.request_sent
 
 
 class UnpodAsyncHook(BaseHook):
@@ -689,19 +557,11 @@ class UnpodAsyncHook(BaseHook):
 
     async def _aclient(self) -> Any:
         if self._client is None:
-            import httpx
-
             config = await self.aconfig()
             # Building a TLS context reads the CA bundle (tens of ms): once, and not on the loop.
-            tls = await asyncio.to_thread(_tls_context, config.verify)
+            context = await asyncio.to_thread(_transport.tls_context, config.tls_verify)
             if self._client is None:  # another coroutine of this hook may have built it meanwhile
-                self._client = httpx.AsyncClient(
-                    base_url=config.base_url,
-                    headers=config.headers(),
-                    verify=tls,
-                    timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-                    follow_redirects=False,
-                )
+                self._client = _transport.build_async_client(config, context)
                 if not config.verify:
                     self.log.warning(
                         "TLS certificate verification is OFF for connection '%s' (extra verify: false)",
@@ -721,40 +581,6 @@ class UnpodAsyncHook(BaseHook):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _asend(
-        self, method: str, path: str, *, params: Mapping[str, Any] | None
-    ) -> tuple[int, bytes, Mapping[str, str]]:
-        import httpx
-
-        client = await self._aclient()
-        allowed = (await self.aconfig()).response_deadline
-        try:
-            response = await asyncio.wait_for(client.request(method, path, params=params), allowed)
-        except TimeoutError:  # the whole exchange took longer than allowed (a trickled body)
-            raise UnpodTimeoutError(
-                f"{method} {path}: the whole response took over {allowed:g}s (the server sent it too slowly)"
-            ).with_sent(True) from None
-        except httpx.ConnectTimeout:
-            raise UnpodTimeoutError(f"connecting to {self._config_base()} timed out").with_sent(
-                False
-            ) from None
-        except httpx.TimeoutException:
-            raise UnpodTimeoutError(f"{method} {path} got no answer within the read timeout").with_sent(
-                True
-            ) from None
-        except httpx.ConnectError as err:
-            raise UnpodConnectionError(
-                f"{method} {path}: could not connect to {self._config_base()} ({type(err).__name__})"
-            ).with_sent(False) from None
-        except (httpx.TransportError, httpx.DecodingError) as err:
-            raise UnpodConnectionError(
-                f"{method} {path}: lost the connection or the body was cut off ({type(err).__name__})"
-            ).with_sent(True) from None
-        return response.status_code, response.content, response.headers
-
-    def _config_base(self) -> str:
-        return self._config.base_url if self._config else "the Unpod server"
-
     async def _acall(
         self,
         method: str,
@@ -765,6 +591,7 @@ class UnpodAsyncHook(BaseHook):
         expect_list: bool = False,
         resource: str | None = None,
         identifier: str | None = None,
+        check: Callable[[Envelope], None] | None = None,
     ) -> Envelope:
         import tenacity
 
@@ -773,8 +600,11 @@ class UnpodAsyncHook(BaseHook):
         retrying = tenacity.AsyncRetrying(**tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}"))
         async for attempt in retrying:
             with attempt:
-                status, body, headers = await self._asend(method, path, params=params)
-                return protocol.parse_response(
+                client = await self._aclient()
+                config = await self.aconfig()
+                status, body, headers = await _transport.asend(client, config, method, path, params=params)
+                envelope = protocol.read_response(
+                    config,
                     status,
                     body,
                     headers,
@@ -784,6 +614,9 @@ class UnpodAsyncHook(BaseHook):
                     identifier=identifier,
                     method=method,
                 )
+                if check is not None:
+                    check(envelope)
+                return envelope
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def aiter_space_runs(self, space_token: str, *, page_size: int = protocol.DEFAULT_PAGE_SIZE) -> Any:
@@ -801,6 +634,7 @@ class UnpodAsyncHook(BaseHook):
                     expect_list=True,
                     resource="space",
                     identifier=space_token,
+                    check=functools.partial(walk.check, page),
                 )
             except UnpodNotFoundError:
                 if walk.end_on_not_found(page):
