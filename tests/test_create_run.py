@@ -37,10 +37,14 @@ from unpod_provider.exceptions import (
     UnpodBusinessError,
     UnpodConnectionError,
     UnpodCreateRunUncertainError,
+    UnpodInconsistentListError,
+    UnpodResumeConflictError,
     UnpodRunFailedError,
     UnpodRunNotFinishedError,
+    UnpodServerError,
 )
 from unpod_provider.hooks.unpod import UnpodHook
+from unpod_provider.operators import unpod as operators_module
 from unpod_provider.operators.unpod import CreateRunOperator, read_documents
 from unpod_provider.sensors.unpod import XCOM_RUN_KEY
 from unpod_provider.testing import DEMO_AGENT_HANDLE, DEMO_SPACE_TOKEN, UnpodSimulator
@@ -332,7 +336,9 @@ def test_refused_connection_is_retried_then_a_connection_error(
         port = sock.getsockname()[1]
     conn = {"conn_type": "unpod", "host": f"http://127.0.0.1:{port}", "password": "x" * 40}
     monkeypatch.setenv("AIRFLOW_CONN_UNPOD_DEFAULT", json.dumps({**conn, "extra": {"org_handle": "acme"}}))
-    send = mocker.spy(UnpodHook, "_send")
+    from unpod_provider.hooks import _transport
+
+    send = mocker.spy(_transport, "send")
     with pytest.raises(UnpodConnectionError, match="could not connect") as info:
         make_op(unpod_retry_limit=3).execute(make_context(CreateRunTI()))
     assert not isinstance(info.value, UnpodCreateRunUncertainError) and info.value.request_sent is False
@@ -598,14 +604,13 @@ def test_retry_without_wait_returns_the_earlier_runs_tasks(sim: UnpodSimulator) 
     [
         ("no earlier run", 1),
         ("other contacts", 2),
-        ("one contact more", 2),
         ("before the dag run started", 2),
         ("on_retry=create", 2),
     ],
 )
 def test_retry_starts_a_run_when_no_earlier_one_matches(sim: UnpodSimulator, case: str, creates: int) -> None:
     if case != "no earlier run":
-        docs = {"other contacts": [lead(1), lead(2), lead(3)], "one contact more": [*CONTACTS, lead(9)]}
+        docs = {"other contacts": [lead(1), lead(2), lead(3)]}
         make_op(documents=docs.get(case, CONTACTS)).execute(make_context(CreateRunTI()))
     start = datetime.now(timezone.utc) + (
         timedelta(hours=1) if case == "before the dag run started" else -timedelta(minutes=1)
@@ -614,6 +619,55 @@ def test_retry_starts_a_run_when_no_earlier_one_matches(sim: UnpodSimulator, cas
     result = make_op(on_retry=on_retry).execute(make_context(CreateRunTI(try_number=2), dag_run_start=start))
     assert sim.create_count == creates
     assert result["run_id"] == sim.space_runs(SPACE)[0]["run_id"]  # the newest run: the new one
+
+
+@pytest.mark.parametrize(
+    ("earlier", "shared"),
+    [
+        ([*CONTACTS, lead(9)], "3 of the 3 contacts of this try and 1 other task)"),
+        (CONTACTS[:1], "1 of the 3 contacts of this try)"),
+    ],
+    ids=["one contact more", "tasks not all listed yet"],
+)
+def test_retry_fails_closed_when_a_run_shares_some_contacts(
+    sim: UnpodSimulator, earlier: list[dict[str, Any]], shared: str
+) -> None:
+    first = make_op(documents=earlier).execute(make_context(CreateRunTI()))
+    with pytest.raises(UnpodResumeConflictError) as info:
+        make_op().execute(make_context(CreateRunTI(try_number=2)))
+    assert info.value.run_ids == [first["run_id"]]
+    assert first["run_id"] in str(info.value) and shared in str(info.value)
+    assert "on_retry='create'" in str(info.value)
+    assert sim.create_count == 1 and len(posts(sim)) == 1  # never a second campaign
+
+
+def test_retry_fails_closed_when_a_candidates_tasks_cannot_be_read(sim: UnpodSimulator) -> None:
+    make_op().execute(make_context(CreateRunTI()))
+    sim.inject("server_error", path_regex=r"/runs/R[0-9a-f]+/tasks/", status=503, times=None)
+    with pytest.raises(UnpodServerError):
+        make_op(unpod_retry_limit=2, unpod_retry_delay=0.001).execute(make_context(CreateRunTI(try_number=2)))
+    assert sim.create_count == 1 and len(posts(sim)) == 1
+
+
+def test_retry_fails_closed_when_a_page_of_a_candidates_tasks_is_short(sim: UnpodSimulator) -> None:
+    """One short page while the earlier run's tasks are read: an error, never a second run."""
+    make_op().execute(make_context(CreateRunTI()))
+    sim.inject("short_page", path_regex=r"/runs/R[0-9a-f]+/tasks/$", keep=1, times=None)
+    with pytest.raises(UnpodInconsistentListError):
+        make_op(unpod_retry_limit=3, unpod_retry_delay=0.001).execute(make_context(CreateRunTI(try_number=2)))
+    assert sim.create_count == 1 and len(posts(sim)) == 1
+
+
+def test_retry_fails_closed_with_more_candidates_than_it_checks(
+    sim: UnpodSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(operators_module, "RETRY_MAX_CANDIDATES", 2)
+    for n in range(3):
+        make_op(documents=[lead(10 + n)]).execute(make_context(CreateRunTI()))
+    start = datetime.now(timezone.utc) - timedelta(minutes=1)
+    with pytest.raises(UnpodResumeConflictError, match="more than 2 runs were created"):
+        make_op().execute(make_context(CreateRunTI(try_number=2), dag_run_start=start))
+    assert sim.create_count == 3
 
 
 def test_retry_with_on_retry_fail_starts_nothing(sim: UnpodSimulator) -> None:

@@ -26,6 +26,7 @@ from airflow.sdk import BaseOperator
 
 from unpod_provider import protocol
 from unpod_provider._compat import AirflowFailException
+from unpod_provider.exceptions import UnpodResumeConflictError
 from unpod_provider.protocol import RetryPolicy
 from unpod_provider.sensors.unpod import DEFAULT_NOT_FOUND_GRACE_PERIOD, RunWaitMixin, push_run_ref
 
@@ -646,11 +647,15 @@ class CreateRunOperator(RunWaitMixin, _UnpodOperatorBase):
 
     Task retries (``ti.try_number > 1``): Airflow 3 clears a task's XComs when a new try starts,
     so an earlier try's run id is not there to read. With ``on_retry="resume"`` (default) the
-    operator looks for the run among the space's runs created since the DAG run started (the
-    newest ``RETRY_MAX_CANDIDATES``) and takes the first whose tasks hold exactly this batch's
+    operator looks for the run among the space's runs created since the DAG run started (at
+    most ``RETRY_MAX_CANDIDATES``) and takes the newest whose tasks hold exactly this batch's
     contacts (by ``contact_number``/``email``); found, it resumes (waits for it if asked) instead
-    of starting a second run; not found, it starts one. ``on_retry="create"`` always starts a new
-    run; ``on_retry="fail"`` fails a retry without starting one. Each case is logged.
+    of starting a second run. It starts one only when no such run shares a single contact with
+    the batch: a run that shares some but not exactly these (its tasks not all listed yet, another
+    batch), more candidates than can be checked, or an error while reading them fail the try with
+    ``UnpodResumeConflictError`` (naming the runs) or the error, never a second campaign.
+    ``on_retry="create"`` always starts a new run; ``on_retry="fail"`` fails a retry without
+    starting one. Each case is logged.
 
     :param space_token: the space to run in (templated).
     :param pilot: the handle of the agent that makes the calls (templated).
@@ -830,39 +835,92 @@ class CreateRunOperator(RunWaitMixin, _UnpodOperatorBase):
         return found
 
     def _find_run_of(self, documents: list[dict[str, Any]], since: datetime | None) -> dict[str, Any] | None:
-        """The newest run created since ``since`` whose tasks are exactly ``documents``, or None."""
+        """The newest run created since ``since`` whose tasks are exactly ``documents``, or None.
+
+        Fails closed: a run that shares contacts with this batch but does not match it exactly
+        (its tasks not all listed yet, another batch) raises ``UnpodResumeConflictError``
+        naming it, and so do more candidates than can be checked; an error while reading a
+        run's tasks propagates. None only when no run since ``since`` shares a contact.
+        """
         wanted = Counter(_contact_key(doc) for doc in documents)
+        conflicts: list[tuple[str, str]] = []
         runs = self.hook.iter_space_runs(self.space_token, max_concurrency=1)
         for checked, run in enumerate(runs):
             created = protocol.parse_timestamp(run.get("created"))
-            if checked >= RETRY_MAX_CANDIDATES or (since and created and created < since):
+            if since and created and created < since:
                 break  # newest first: every further run is older
+            if checked >= RETRY_MAX_CANDIDATES:
+                if since is None:
+                    break  # no window to bound the search: the newest runs only (documented)
+                raise UnpodResumeConflictError(
+                    f"{self._not_starting()}: more than {RETRY_MAX_CANDIDATES} runs were created in space "
+                    f"{self.space_token} since {since.isoformat()}, so whether an earlier try started one "
+                    "cannot be checked. Check the space's runs (ListSpaceRunsOperator); if none is this "
+                    "task's, clear it with on_retry='create'.",
+                    run_ids=[run_id for run_id, _ in conflicts],
+                )
             run_id = run.get("run_id")
-            if not isinstance(run_id, str):
-                continue
-            tasks = self._tasks_if_same_contacts(run_id, wanted)
+            if not isinstance(run_id, str) or not run_id:
+                raise UnpodResumeConflictError(
+                    f"{self._not_starting()}: a run of space {self.space_token} created "
+                    f"{run.get('created', '?')} has no run_id, so it cannot be compared with this try's "
+                    "contacts",
+                    run_ids=[],
+                )
+            tasks, shared, others = self._compare_contacts(run_id, wanted)
             if tasks is not None:
+                for other_id, why in conflicts:
+                    self.log.warning(
+                        "Run %s also shares contacts with this try (%s); not resumed", other_id, why
+                    )
                 return {
                     "run_id": run_id,
                     "task_ids": [str(t.get("task_id")) for t in tasks],
                     "status": {str(t.get("task_id")): t.get("status") for t in tasks},
                     "created": run.get("created"),
                 }
+            if shared:
+                total = sum(wanted.values())
+                conflicts.append(
+                    (
+                        run_id,
+                        f"created {run.get('created', '?')}: {shared} of the {total} contacts of this try"
+                        + (f" and {_plural(others, 'other task')}" if others else ""),
+                    )
+                )
+        if conflicts:
+            listed = "; ".join(f"{run_id} ({why})" for run_id, why in conflicts)
+            raise UnpodResumeConflictError(
+                f"{self._not_starting()}: run(s) {listed} in space {self.space_token} share contacts with "
+                "this try but do not hold exactly its contacts (an earlier try's run whose tasks are not "
+                "all listed yet, or another batch). Check them (ListRunTasksOperator); retry the task "
+                "later if one is still filling up, or clear it with on_retry='create' if none is this "
+                "task's.",
+                run_ids=[run_id for run_id, _ in conflicts],
+            )
         return None
 
-    def _tasks_if_same_contacts(
+    def _not_starting(self) -> str:
+        return f"{self.task_id}: not starting a second Unpod run"
+
+    def _compare_contacts(
         self, run_id: str, wanted: Counter[tuple[str, str]]
-    ) -> list[dict[str, Any]] | None:
-        """The run's tasks if their inputs are exactly the ``wanted`` contacts; stops at a stranger."""
+    ) -> tuple[list[dict[str, Any]] | None, int, int]:
+        """``(tasks, shared, others)``: the run's tasks if their inputs are exactly the ``wanted``
+        contacts (else None), how many of its tasks are contacts of ``wanted`` and how many not."""
         left = Counter(wanted)
         tasks = []
+        shared = others = 0
         for task in self.hook.iter_run_tasks(self.space_token, run_id, page_size=RETRY_PAGE_SIZE):
             key = _contact_key(task.get("input"))
-            if left[key] <= 0:
-                return None
-            left[key] -= 1
+            if left[key] > 0:
+                left[key] -= 1
+                shared += 1
+            else:
+                others += 1
             tasks.append({"task_id": task.get("task_id"), "status": task.get("status")})
-        return None if +left else tasks
+        exact = others == 0 and not +left
+        return (tasks if exact else None), shared, others
 
 
 def _retry_window_start(context: Context) -> datetime | None:
