@@ -40,7 +40,11 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "auth_scheme": {
         "label": "Auth Scheme",
-        "description": "Authorization scheme: Token (default, the API token), Bearer or JWT.",
+        "description": (
+            "Authorization scheme: Token (default, the API token), Bearer or JWT (a platform JWT). "
+            "The Unpod server takes only JWT/Bearer on organizations and spaces; Token works on "
+            "runs, tasks and creating runs."
+        ),
         "schema": {"type": ["string", "null"], "enum": [*AUTH_SCHEMES, None], "default": DEFAULT_AUTH_SCHEME},
     },
     "timeout": {

@@ -56,8 +56,42 @@ class UnpodAuthError(UnpodError):
     """401 or 403: the token is wrong, expired, or has no access. Never retried."""
 
 
+class UnpodAuthSchemeError(UnpodAuthError):
+    """401 because this endpoint does not take the connection's Auth Scheme, not a wrong token.
+
+    The real server takes only JWT/Bearer on ``organizations/`` and ``spaces/`` while runs, tasks
+    and creating runs accept the ``Token`` scheme. ``auth_scheme`` is what was sent,
+    ``challenge`` the scheme the server's ``WWW-Authenticate`` asks for.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        auth_scheme: str,
+        challenge: str,
+        status_code: int | None = 401,
+        server_message: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, server_message=server_message)
+        self.auth_scheme = auth_scheme
+        self.challenge = challenge
+
+
 class UnpodBadRequestError(UnpodError):
-    """400: the request was refused as malformed (e.g. missing Org-Handle). Never retried."""
+    """400: the request was refused as malformed (e.g. missing Org-Handle, a create the server
+    refuses). ``errors`` holds the server's field errors when it sent some. Never retried."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Any = None,
+        status_code: int | None = 400,
+        server_message: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, server_message=server_message)
+        self.errors = errors
 
 
 class UnpodNotFoundError(UnpodError):
@@ -229,6 +263,7 @@ class UnpodCreateRunUncertainError(UnpodError):
 
 __all__ = [
     "UnpodAuthError",
+    "UnpodAuthSchemeError",
     "UnpodBadRequestError",
     "UnpodBusinessError",
     "UnpodConfigError",

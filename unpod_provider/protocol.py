@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from unpod_provider import __version__
 from unpod_provider.exceptions import (
     UnpodAuthError,
+    UnpodAuthSchemeError,
     UnpodBadRequestError,
     UnpodBusinessError,
     UnpodConfigError,
@@ -68,13 +69,32 @@ MAX_IDENTIFIER_LENGTH = 128
 MAX_PAGES_WITHOUT_COUNT = 100_000
 _IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]+")
 
-#: Run statuses from the contract. Anything else means "not finished yet".
-RUN_STATUSES_NOT_STARTED = ("pending", "scheduled", "queued")
-RUN_STATUSES_IN_PROGRESS = ("running",)
+#: Run statuses. The server keeps one status enum for runs and tasks (pending, in_progress, hold,
+#: completed, partially_completed, failed), its executor also sets scheduled and processing, and
+#: the docs name queued, running and cancelled. Anything else means "not finished yet".
+#: Not started yet, or paused: keep waiting.
+RUN_STATUSES_NOT_STARTED = ("pending", "scheduled", "queued", "hold")
+#: Calls are being made: keep waiting (the real server never sets the docs' ``running``).
+RUN_STATUSES_IN_PROGRESS = ("in_progress", "processing", "running")
+#: Final: the wait ends.
 RUN_STATUSES_TERMINAL = ("completed", "partially_completed", "failed", "cancelled")
 DEFAULT_SUCCESS_STATES = ("completed", "partially_completed")
 DEFAULT_FAILED_STATES = ("failed", "cancelled")
 KNOWN_RUN_STATUSES = RUN_STATUSES_NOT_STARTED + RUN_STATUSES_IN_PROGRESS + RUN_STATUSES_TERMINAL
+#: What each known status means, for docs and log lines.
+RUN_STATUS_MEANINGS: dict[str, str] = {
+    "pending": "created, not started",
+    "scheduled": "waiting for its scheduled time",
+    "queued": "waiting for a free agent",
+    "hold": "paused",
+    "in_progress": "calls are being made",
+    "processing": "calls are being made",
+    "running": "calls are being made (the docs' word)",
+    "completed": "final: every task completed",
+    "partially_completed": "final: some tasks completed, some failed",
+    "failed": "final: every task failed",
+    "cancelled": "final: stopped before the end",
+}
 
 TASK_STATUSES = (
     "pending",
@@ -625,6 +645,20 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return None
 
 
+def _scheme_family(scheme: str) -> str:
+    """``Token`` is one family; ``JWT`` and ``Bearer`` (the same platform JWT) another."""
+    scheme = scheme.strip().lower()
+    return "jwt" if scheme in ("jwt", "bearer") else scheme
+
+
+def _challenge_scheme(value: str | None) -> str | None:
+    """The scheme a ``WWW-Authenticate`` header asks for (``JWT realm="api"`` -> ``JWT``)."""
+    if not value or not value.strip():
+        return None
+    scheme = value.strip().split(None, 1)[0].split(",", 1)[0]
+    return scheme[:20] if scheme.isascii() and scheme.replace("-", "").isalnum() else None
+
+
 def raise_for_response(
     status_code: int,
     body: bytes | str,
@@ -634,11 +668,13 @@ def raise_for_response(
     resource: str | None = None,
     identifier: str | None = None,
     method: str = "GET",
+    auth_scheme: str | None = None,
 ) -> Any:
     """Map a response to a typed error, or return its decoded JSON payload.
 
     ``what`` describes the request for messages (e.g. ``"space '8KZ...'"``); ``resource`` and
-    ``identifier`` are attached to a not-found error.
+    ``identifier`` are attached to a not-found error; ``auth_scheme`` (what was sent) tells a
+    401 for a scheme the endpoint does not take from a wrong token.
     """
     ok = status_code == 200 or (method.upper() == "POST" and status_code == 201)
     if ok:
@@ -675,6 +711,18 @@ def raise_for_response(
             "base URL (redirects are not followed, so the token is never sent elsewhere)",
             status_code=status_code,
         )
+    challenge = _challenge_scheme(_header(headers, "www-authenticate")) if status_code == 401 else None
+    if challenge and auth_scheme and _scheme_family(challenge) != _scheme_family(auth_scheme):
+        takes = "JWT or Bearer" if _scheme_family(challenge) == "jwt" else challenge
+        raise UnpodAuthSchemeError(
+            f"Unpod refused {what} (HTTP 401{suffix}): this server refuses the {auth_scheme} scheme "
+            f"here and asks for {challenge}. The API token may well be right (the Token scheme works "
+            f"on runs, tasks and creating runs on the Unpod server), but this endpoint takes only "
+            f"{takes}: set the connection's Auth Scheme to {takes}, with a platform JWT as API Token",
+            auth_scheme=auth_scheme,
+            challenge=challenge,
+            server_message=server_message,
+        )
     if status_code in (401, 403):
         raise UnpodAuthError(
             f"Unpod rejected the credentials for {what} (HTTP {status_code}){suffix}",
@@ -690,8 +738,11 @@ def raise_for_response(
             server_message=server_message,
         )
     if status_code == 400:
+        errors = _server_errors(payload)
+        detail = format_field_errors(errors)
         raise UnpodBadRequestError(
-            f"Unpod refused {what} as a bad request (HTTP 400){suffix}",
+            f"Unpod refused {what} as a bad request (HTTP 400){suffix}" + (f" ({detail})" if detail else ""),
+            errors=errors,
             status_code=400,
             server_message=server_message,
         )
@@ -766,10 +817,18 @@ def parse_response(
     resource: str | None = None,
     identifier: str | None = None,
     method: str = "GET",
+    auth_scheme: str | None = None,
 ) -> Envelope:
     """``raise_for_response`` then ``parse_envelope``: the full answer to one HTTP response."""
     payload = raise_for_response(
-        status_code, body, headers, what=what, resource=resource, identifier=identifier, method=method
+        status_code,
+        body,
+        headers,
+        what=what,
+        resource=resource,
+        identifier=identifier,
+        method=method,
+        auth_scheme=auth_scheme,
     )
     return parse_envelope(payload, what=what, expect_list=expect_list)
 
@@ -786,7 +845,13 @@ def read_response(
     Everything that came from the server (body, header values) loses every form of the token
     before it is parsed, so no error message, log line, event or XCom value can carry it.
     """
-    return parse_response(status_code, config.scrub_body(body), config.scrub_headers(headers), **kwargs)
+    return parse_response(
+        status_code,
+        config.scrub_body(body),
+        config.scrub_headers(headers),
+        auth_scheme=config.auth_scheme,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from unpod_provider import protocol
 from unpod_provider._compat import BaseHook
 from unpod_provider.connection_form import CONN_TYPE, HOOK_NAME, connection_form_widgets, ui_field_behaviour
 from unpod_provider.exceptions import (
+    UnpodAuthError,
+    UnpodAuthSchemeError,
+    UnpodBusinessError,
     UnpodConfigError,
     UnpodCreateRunUncertainError,
     UnpodError,
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 #: The UI's Test button: read timeout and deadline of each exchange, and the retry budget.
 TEST_CONNECTION_TIMEOUT = 10.0
 TEST_CONNECTION_RETRY_SECONDS = 5.0
+#: A space token no space has: its runs list tells whether the server accepts the token.
+TEST_CONNECTION_PROBE_SPACE = "AIRFLOWPROVIDERPROBE0000"
 
 
 def config_from_connection(conn: Any, *, conn_id: str, timeout: float | None = None) -> ClientConfig:
@@ -113,6 +118,8 @@ class UnpodHook(BaseHook):
         self.max_concurrency = max_concurrency
         self._throttle = Throttle()
         self._session: requests.Session | None = None
+        #: Whether the documented create path answered 404/405 (then the server's path is used).
+        self._documented_create_path_missing = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(unpod_conn_id={self.unpod_conn_id!r})"
@@ -421,14 +428,16 @@ class UnpodHook(BaseHook):
         """Start a run: one task per document. Returns ``{"run_id", "task_ids", "status", ...}``.
 
         Posts to the documented path, and to the server's path only if that answers 404/405 (so
-        nothing was created). Never retried once the request may have reached the server.
+        nothing was created); the hook remembers that, so its later creates are one request.
+        Never retried once the request may have reached the server.
         """
         documented, server_path = protocol.create_run_paths(space_token)
         body = protocol.build_create_run_body(
             pilot=pilot, context=context, documents=documents, schedule=schedule, filters=filters
         )
         last_error: UnpodError | None = None
-        for path in (documented, server_path):
+        paths = (server_path,) if self._documented_create_path_missing else (documented, server_path)
+        for path in paths:
             try:
                 envelope = self._call(
                     "POST",
@@ -443,8 +452,12 @@ class UnpodHook(BaseHook):
             except UnpodError as err:
                 if err.status_code in (404, 405) and path == documented:
                     self.log.info(
-                        "Create path %s answered %s; trying %s", documented, err.status_code, server_path
+                        "Create path %s answered %s; trying %s (and using it from now on)",
+                        documented,
+                        err.status_code,
+                        server_path,
                     )
+                    self._documented_create_path_missing = True
                     last_error = err
                     continue
                 if _transport.may_have_reached_server(err):
@@ -468,6 +481,35 @@ class UnpodHook(BaseHook):
 
     # ---- Test button -------------------------------------------------------------------------
 
+    def _scheme_refused_message(self, refused: UnpodAuthSchemeError) -> str:
+        """What the Test says when organizations/spaces refuse the scheme: does the token work?
+
+        A runs list of a space that does not exist answers 206 to a token the server accepts
+        and 401 to one it does not, so one request tells a scheme problem from a wrong token.
+        """
+        try:
+            self._call(
+                "GET",
+                protocol.space_runs_path(TEST_CONNECTION_PROBE_SPACE),
+                what="the runs of a probe space",
+                params=protocol.page_params(1, 1),
+                expect_list=True,
+            )
+        except UnpodBusinessError:
+            pass  # "Invalid Space Token": the token got through
+        except UnpodAuthError as err:
+            said = f": {err.server_message}" if err.server_message else ""
+            return f"Unpod rejected the credentials (HTTP {err.status_code}{said}): check the API Token"
+        except UnpodError as err:
+            return f"{refused}. Checking the token on the runs endpoint failed too: {err}"
+        scheme, challenge = refused.auth_scheme, refused.challenge
+        takes = "JWT or Bearer" if challenge.lower() in ("jwt", "bearer") else challenge
+        return (
+            f"The API token works on runs and tasks, but this server refuses the {scheme} scheme on "
+            f"organizations and spaces (it asks for {challenge}): set Auth Scheme to {takes}, "
+            "with a platform JWT as API Token, to list spaces and to test the org handle"
+        )
+
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button: is the token valid and the org handle one of its orgs?"""
         try:
@@ -488,7 +530,10 @@ class UnpodHook(BaseHook):
         # Reuse what was just read (no second lookup), with the Test's own short deadlines.
         quick.config = dataclasses.replace(config, timeout=timeout, exchange_deadline=timeout)
         try:
-            orgs = quick.list_organizations()
+            try:
+                orgs = quick.list_organizations()
+            except UnpodAuthSchemeError as err:
+                return False, quick._scheme_refused_message(err)
             handles = [str(o.get("domain_handle")) for o in orgs if isinstance(o, Mapping)]
             if config.org_handle not in handles:
                 known = ", ".join(repr(h) for h in handles[:10]) or "none"
