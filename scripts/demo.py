@@ -2,7 +2,7 @@
 
 1. Starts the Unpod simulator on a free loopback port (in this process, in a thread).
 2. Creates a run in the demo space; it stays ``pending`` until Airflow's sensor first looks,
-   then goes ``running`` (+3 s) and ``completed`` (+10 s).
+   then goes ``in_progress`` (+3 s) and ``completed`` (+10 s).
 3. Runs the ``unpod_run_report`` example DAG under ``airflow dags test`` (a subprocess with its
    own SQLite ``AIRFLOW_HOME``; ``airflow db migrate`` runs the first time only): the deferrable
    sensor waits, the operator fetches the run's tasks, the report is written.
@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = REPO_ROOT / "dags_examples"
 DAG_ID = "unpod_run_report"
 #: The run's life once the sensor has first seen it: (status, seconds).
-TIMELINE = [("pending", 0), ("running", 3), ("completed", 10)]
+TIMELINE = [("pending", 0), ("in_progress", 3), ("completed", 10)]
 
 
 def default_airflow_home() -> Path:
@@ -61,7 +61,7 @@ def say(message: str) -> None:
 
 
 class RunWatcher:
-    """Prints the run's status whenever it changes (pending -> running -> completed)."""
+    """Prints the run's status whenever it changes (pending -> in_progress -> completed)."""
 
     def __init__(self, sim: UnpodSimulator, run_id: str, started: float) -> None:
         self.sim, self.run_id, self.started = sim, run_id, started
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=args.tasks, timeline=[("pending", 0)])
             say(f"Created run {run_id} with {args.tasks} calls in space {DEMO_SPACE_TOKEN}")
             say(f"Running: airflow dags test {DAG_ID} -c '{json.dumps({'run_id': run_id})}'")
-            say("  (the run moves once the sensor first looks: running after 3 s, completed after 10 s)")
+            say("  (the run moves once the sensor first looks: in_progress after 3 s, completed after 10 s)")
             env = {
                 **sim.connection_env(),
                 "UNPOD_POKE_INTERVAL": "2",

@@ -161,7 +161,9 @@ def lead(i: int) -> dict[str, str]:
 
 @pytest.fixture
 def sim(unpod_simulator_shared: UnpodSimulator) -> UnpodSimulator:
-    """The session simulator, reset, with ``AIRFLOW_CONN_UNPOD_DEFAULT`` pointing at it."""
+    """The session simulator, reset, with ``AIRFLOW_CONN_UNPOD_DEFAULT`` pointing at it, serving
+    the documented create path too (the real server answers it 404: see the fallback tests)."""
+    unpod_simulator_shared.create_paths = "both"
     return unpod_simulator_shared
 
 
@@ -740,13 +742,14 @@ def test_daily_campaign_dag_creates_waits_deferrably_and_writes_the_results(
         "fetch_results": "success",
         "write_results": "success",
     }
-    assert posts(sim) == [(DOCS_PATH, 200)] and sim.create_count == 1
+    # As on the real server: the documented path is a 404, then tasks/ creates the run.
+    assert posts(sim) == [(DOCS_PATH, 404), (SERVER_PATH, 200)] and sim.create_count == 1
     run_id = sim.space_runs(SPACE)[0]["run_id"]  # the newest run: the one the DAG started
     assert sim.get_run(run_id)["n_tasks"] == 20
-    # Created, then waited in the (inline) triggerer: pending -> running -> completed.
+    # Created, then waited in the (inline) triggerer: pending -> in_progress -> completed.
     assert "running trigger in line" in result.output
     looks = re.findall(rf"Unpod run {run_id} \(space {SPACE}\) is '(\w+)'", result.output)
-    assert looks and looks[0] == "pending" and "running" in looks
+    assert looks and looks[0] == "pending" and "in_progress" in looks
     assert f"Unpod run {run_id} finished with status 'completed'" in result.output
 
     tasks = {t["task_id"]: t for t in sim.run_tasks(run_id)}

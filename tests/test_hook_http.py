@@ -218,6 +218,7 @@ def test_status_filter_is_applied_on_the_client(sim: UnpodSimulator, hook: Unpod
 
 
 def test_create_run_on_the_documented_path(sim: UnpodSimulator, hook: UnpodHook) -> None:
+    sim.create_paths = "both"  # a server that has the documented path (the real one does not)
     result = hook.create_run(
         DEMO_SPACE_TOKEN, pilot=DEMO_AGENT_HANDLE, context="Renewal offer", documents=CONTACTS
     )
@@ -295,6 +296,7 @@ def test_create_run_validation_206_names_the_field(sim: UnpodSimulator, hook: Un
 def test_create_run_with_an_unknown_pilot_is_refused_by_the_server(
     sim: UnpodSimulator, hook: UnpodHook
 ) -> None:
+    sim.create_paths = "both"
     with pytest.raises(UnpodBusinessError, match="pilot: Agent 'nobody' is not an agent"):
         hook.create_run(DEMO_SPACE_TOKEN, pilot="nobody", context="c", documents=CONTACTS)
     assert sim.create_count == 0

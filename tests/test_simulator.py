@@ -468,7 +468,7 @@ def test_injectable_clock() -> None:
         run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=1)
         assert sim.run_status(run_id) == "pending"
         now[0] += 3
-        assert sim.run_status(run_id) == "running"
+        assert sim.run_status(run_id) == "in_progress"
         now[0] += 10
         assert sim.run_status(run_id) == "completed"
         assert sim.get_run(run_id)["created"] == "2026-09-21T14:13:20"
@@ -481,6 +481,7 @@ def test_injectable_clock() -> None:
 
 @pytest.mark.parametrize("which", [0, 1], ids=["docs-path", "server-path"])
 def test_create_run(api: Api, which: int) -> None:
+    api.sim.create_paths = "both"  # the real server has only tasks/ (see the create-path tests)
     path = protocol.create_run_paths(DEMO_SPACE_TOKEN)[which]
     body = protocol.build_create_run_body(
         pilot=DEMO_AGENT_HANDLE, context="Demo follow-up", documents=documents(3)
@@ -521,19 +522,20 @@ def test_create_run_validation_206(api: Api) -> None:
     blank = api.post(path, {"pilot": "", "context": "x", "documents": documents(1)}).json()
     assert blank["errors"] == {"pilot": ["This field may not be blank."]}
     empty_docs = api.post(path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": []})
-    assert empty_docs.status_code == 206 and "documents" in empty_docs.json()["errors"]
+    assert empty_docs.status_code == 400 and empty_docs.json()["message"] == "Task Creation Failed"
     bad_doc = api.post(path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": [{"name": "x"}]})
     assert bad_doc.status_code == 206 and "documents" in bad_doc.json()["errors"]
     past = {"type": "custom", "calling_date": "2001-01-01", "calling_time": "10:00"}
     bad_schedule = api.post(
         path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1), "schedule": past}
     )
-    assert bad_schedule.status_code == 206 and "schedule" in bad_schedule.json()["errors"]
+    assert bad_schedule.status_code == 400  # as the real server: "Scheduled time must be in the future."
+    assert "in the future" in bad_schedule.json()["errors"]
     unknown_pilot = api.post(path, {"pilot": "nobody", "context": "x", "documents": documents(1)})
     assert unknown_pilot.status_code == 206 and unknown_pilot.json()["status_code"] == 206
     assert "pilot" in unknown_pilot.json()["errors"]
     unknown_space = api.post(
-        protocol.create_run_paths("NOSUCHSPACE0000000000000")[0],
+        protocol.create_run_paths("NOSUCHSPACE0000000000000")[1],
         {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1)},
     )
     assert unknown_space.status_code == 206 and unknown_space.json() == INVALID_SPACE
@@ -1164,7 +1166,7 @@ def test_request_log_never_holds_the_token(api: Api) -> None:
     api.get(demo_runs_path(), headers={"Authorization": f"Token {SIM_TOKEN}x", "X-Leak": SIM_TOKEN})
     api.get(demo_runs_path(), params={"token": SIM_TOKEN})
     api.post(
-        protocol.create_run_paths(DEMO_SPACE_TOKEN)[0],
+        protocol.create_run_paths(DEMO_SPACE_TOKEN)[1],
         {"pilot": DEMO_AGENT_HANDLE, "context": SIM_TOKEN, "documents": documents(1)},
     )
     log = sim.requests

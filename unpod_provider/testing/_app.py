@@ -103,6 +103,10 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     )
 
 
+class _PageBeforeFirst(Exception):
+    """``page`` < 1 on a list: the real server answers 206 "Tasks Fetch Failed"."""
+
+
 class ConnectionDropped(Exception):
     """Raised to make uvicorn close a connection when the transport is not reachable."""
 
@@ -742,13 +746,44 @@ def create_app(state: SimState) -> ASGIApp:
             return json_response({"detail": f'Method "{request.method}" not allowed.'}, 405)
         return json_response({"detail": str(exc.detail)}, exc.status_code)
 
+    @api.exception_handler(_PageBeforeFirst)
+    async def page_before_first(request: Request, exc: _PageBeforeFirst) -> Response:
+        # The real server: its task service refuses a negative skip, the proxy answers 206.
+        errors = {"detail": "skip must be >= 0"}
+        return json_response(
+            {
+                "status_code": 206,
+                "message": "Tasks Fetch Failed",
+                "data": {"errors": errors},
+                "errors": errors,
+            },
+            206,
+        )
+
     # -- helpers -------------------------------------------------------------------------------
 
-    def auth_error(request: Request) -> Response | None:
-        """401 unless ``Authorization: Token|Bearer|JWT <token>`` carries the simulator's token."""
+    def auth_error(request: Request, *, jwt_only: bool = False) -> Response | None:
+        """401 unless ``Authorization: Token|Bearer|JWT <token>`` carries the simulator's token.
+
+        ``jwt_only`` (organizations and spaces with ``spaces_need_jwt``): as the real server,
+        whose views there only take JWT/Bearer, a Token header counts as no credentials at all.
+        """
         parts = request.headers.get("authorization", "").split()
-        if len(parts) == 2 and parts[0].lower() in ("token", "bearer", "jwt") and parts[1] == state.token:
+        schemes = ("bearer", "jwt") if jwt_only and state.spaces_need_jwt else ("token", "bearer", "jwt")
+        if len(parts) == 2 and parts[0].lower() in schemes and parts[1] == state.token:
             return None
+        if jwt_only and state.spaces_need_jwt and (not parts or parts[0].lower() not in schemes):
+            return json_response(
+                {"message": "Authentication credentials were not provided.", "status_code": 401},
+                401,
+                headers={"WWW-Authenticate": 'JWT realm="api"'},
+            )
+        if jwt_only and state.spaces_need_jwt:
+            return json_response(
+                {"message": "Invalid or expired token.", "status_code": 401},
+                401,
+                headers={"WWW-Authenticate": 'JWT realm="api"'},
+            )
         return json_response(
             {"message": "Invalid token.", "status_code": 401}, 401, headers={"WWW-Authenticate": "Token"}
         )
@@ -773,7 +808,9 @@ def create_app(state: SimState) -> ASGIApp:
 
     def window(request: Request, default_size: int) -> tuple[int, int | None, int]:
         """``(page, limit, offset)``; limit None = everything (page_size=0)."""
-        page = max(1, _int_param(request.query_params.get("page"), 1))
+        page = _int_param(request.query_params.get("page"), 1)
+        if page < 1:
+            raise _PageBeforeFirst
         size = _int_param(request.query_params.get("page_size"), default_size)
         if size < 0:
             size = default_size
@@ -794,7 +831,7 @@ def create_app(state: SimState) -> ASGIApp:
 
     @api.get(ROUTES["organizations"])
     async def organizations(request: Request) -> Response:
-        if (error := auth_error(request)) is not None:
+        if (error := auth_error(request, jwt_only=True)) is not None:
             return error
         data = state.organizations()
         return json_response(
@@ -808,7 +845,7 @@ def create_app(state: SimState) -> ASGIApp:
 
     @api.get(ROUTES["spaces"])
     async def spaces(request: Request) -> Response:
-        if (error := auth_error(request)) is not None:
+        if (error := auth_error(request, jwt_only=True)) is not None:
             return error
         handle, error = org_handle_error(request)
         if error is not None:
@@ -822,7 +859,7 @@ def create_app(state: SimState) -> ASGIApp:
 
     @api.get(ROUTES["space"])
     async def space_detail(request: Request, space_token: str) -> Response:
-        if (error := auth_error(request)) is not None:
+        if (error := auth_error(request, jwt_only=True)) is not None:
             return error
         handle, error = org_handle_error(request)
         if error is not None:

@@ -37,7 +37,8 @@ DEMO_SPACE_RUNS = 25
 DEMO_AGENT_HANDLE = "sales-bot-v3"
 
 #: Timeline of a run created through the API (or ``add_run`` without one): status, seconds.
-DEFAULT_TIMELINE: tuple[tuple[str, float], ...] = (("pending", 0.0), ("running", 2.0), ("completed", 6.0))
+#: As the real server's executor moves a run (it never sets the docs' "running").
+DEFAULT_TIMELINE: tuple[tuple[str, float], ...] = (("pending", 0.0), ("in_progress", 2.0), ("completed", 6.0))
 
 #: Seeded runs start here (UTC), so seeded data never depends on the wall clock.
 SEED_EPOCH = datetime(2025, 11, 1, 8, 0, 0, tzinfo=timezone.utc).timestamp()

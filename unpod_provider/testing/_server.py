@@ -329,9 +329,9 @@ class UnpodSimulator:
     ) -> str:
         """Add a run created now (the newest of its space); returns its run_id.
 
-        ``timeline``: ``[("pending", 0), ("running", 2), ("completed", 6)]`` (seconds after
+        ``timeline``: ``[("pending", 0), ("in_progress", 2), ("completed", 6)]`` (seconds after
         creation, read against the clock). ``final_status``: that status from the start.
-        Neither: the default timeline (pending, running at +2 s, completed at +6 s).
+        Neither: the default timeline (pending, in_progress at +2 s, completed at +6 s).
         """
         return self.state.add_run(
             space,
@@ -477,6 +477,15 @@ class UnpodSimulator:
     @create_paths.setter
     def create_paths(self, value: str) -> None:
         self.state.update_settings(create_paths=value)
+
+    @property
+    def spaces_need_jwt(self) -> bool:
+        """Refuse the Token scheme on organizations and spaces (401), as the real server does."""
+        return self.state.spaces_need_jwt
+
+    @spaces_need_jwt.setter
+    def spaces_need_jwt(self, value: bool) -> None:
+        self.state.update_settings(spaces_need_jwt=value)
 
     @property
     def docs_mode(self) -> bool:

@@ -78,8 +78,11 @@ class SimState:
             self.latency = self._initial_latency
             self.page_size_cap: int | None = None
             self.not_found_past_end = False
-            self.create_paths = "both"
+            # As the real server: POST tasks/create/ is Django's 404 page, POST tasks/ creates.
+            self.create_paths = "server"
             self.docs_mode = False
+            # As the real server with the Token scheme: organizations/spaces refuse it (401).
+            self.spaces_need_jwt = False
             self.default_timeline: list[tuple[str, float]] = list(DEFAULT_TIMELINE)
             self.create_count = 0
             self.faults: list[Fault] = []
@@ -196,7 +199,7 @@ class SimState:
             for size, status in zip(sizes, run_statuses, strict=True):
                 started += rng.uniform(1800.0, 7200.0)
                 duration = 30.0 + size * 2.0
-                timeline = [("pending", 0.0), ("running", 5.0), (status, 5.0 + duration)]
+                timeline = [("pending", 0.0), ("in_progress", 5.0), (status, 5.0 + duration)]
                 self._new_run(
                     space,
                     n_tasks=size,
@@ -474,6 +477,11 @@ class SimState:
             if errors:
                 return _validation_error(errors)
             now = datetime.fromtimestamp(self.now(), timezone.utc)
+            # What the real server's task service refuses with 400 "Task Creation Failed".
+            if body.get("documents") == [] and not body.get("filters"):
+                return _creation_failed("No documents or filters given to create tasks from.")
+            if _custom_schedule_in_past(body.get("schedule"), now):
+                return _creation_failed("Scheduled time must be in the future.")
             try:
                 checked = protocol.build_create_run_body(
                     pilot=body["pilot"],
@@ -493,7 +501,7 @@ class SimState:
             if schedule["type"] == "custom":
                 when = protocol.parse_timestamp(f"{schedule['calling_date']}T{schedule['calling_time']}")
                 delay = max(0.0, (when.timestamp() if when else self.now()) - self.now())
-                timeline = [("scheduled", 0.0), ("running", delay), ("completed", delay + 4.0)]
+                timeline = [("scheduled", 0.0), ("in_progress", delay), ("completed", delay + 4.0)]
             elif schedule["type"] == "auto":
                 timeline = [("queued", 0.0), *[(s, off) for s, off in timeline if off > 0]]
             run = self._new_run(
@@ -586,6 +594,7 @@ class SimState:
                 "not_found_past_end": self.not_found_past_end,
                 "create_paths": self.create_paths,
                 "docs_mode": self.docs_mode,
+                "spaces_need_jwt": self.spaces_need_jwt,
                 "default_timeline": [list(e) for e in self.default_timeline],
             }
 
@@ -603,7 +612,7 @@ class SimState:
                     ):
                         raise ValueError(f"page_size_cap must be an integer >= 1 or None, got {value!r}")
                     self.page_size_cap = value
-                elif key in ("not_found_past_end", "docs_mode"):
+                elif key in ("not_found_past_end", "docs_mode", "spaces_need_jwt"):
                     if not isinstance(value, bool):
                         raise ValueError(f"{key} must be true or false, got {value!r}")
                     setattr(self, key, value)
@@ -657,3 +666,22 @@ def _field_of(message: str) -> str:
     if head in fields:
         return head
     return next((name for name in fields if name in message), "non_field_errors")
+
+
+def _creation_failed(message: str) -> tuple[int, dict[str, Any]]:
+    """The real server's 400 for a create its task service refuses."""
+    return 400, {"status_code": 400, "message": "Task Creation Failed", "errors": message, "data": {}}
+
+
+def _custom_schedule_in_past(schedule: Any, now: datetime) -> bool:
+    """Whether ``schedule`` is a custom date and time that is not in the future."""
+    if not isinstance(schedule, Mapping) or schedule.get("type") != "custom":
+        return False
+    day, clock = schedule.get("calling_date"), schedule.get("calling_time")
+    if not isinstance(day, str) or not isinstance(clock, str):
+        return False
+    try:
+        when = datetime.fromisoformat(f"{day.strip()}T{clock.strip()}")
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)) <= now
