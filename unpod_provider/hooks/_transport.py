@@ -259,7 +259,10 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="unpod-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._heap[0][2] is exchange:
+                # Woken only when this deadline comes first: deadlines mostly grow, so most
+                # requests never wake the thread (it would compete for the GIL on every request).
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
