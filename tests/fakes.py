@@ -1,4 +1,4 @@
-"""Stand-ins shared by the test modules (imported as ``from fakes import FakeTI``, like ``services``)."""
+"""Stand-ins and helpers shared by the test modules (``from fakes import FakeTI``, like ``services``)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,13 @@ class FakeTI:
 
     def get_first_reschedule_date(self, context: Any) -> datetime | str | None:
         return self.first_reschedule
+
+
+def set_conn(monkeypatch: Any, sim: Any, **extra: Any) -> None:
+    """``unpod_default`` points at ``sim``, with these connection extras."""
+    monkeypatch.setenv("AIRFLOW_CONN_UNPOD_DEFAULT", sim.connection_json(**extra))
+
+
+def unpod_requests(sim: Any, suffix: str = "") -> list[dict[str, Any]]:
+    """The Unpod API requests in the simulator's log (no control calls), those ending in ``suffix``."""
+    return [r for r in sim.requests if r["path"].startswith("/api/") and r["path"].endswith(suffix)]

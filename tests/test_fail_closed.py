@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import set_conn, unpod_requests
 
 from unpod_provider import protocol
 from unpod_provider.exceptions import (
@@ -97,14 +98,6 @@ def sim(unpod_simulator_shared: UnpodSimulator) -> UnpodSimulator:
     return unpod_simulator_shared
 
 
-def set_conn(monkeypatch: pytest.MonkeyPatch, sim: UnpodSimulator, **extra: Any) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_UNPOD_DEFAULT", sim.connection_json(**extra))
-
-
-def api_requests(sim: UnpodSimulator, suffix: str = "") -> list[dict[str, Any]]:
-    return [r for r in sim.requests if r["path"].startswith("/api/") and r["path"].endswith(suffix)]
-
-
 def ids(items: list[dict[str, Any]]) -> list[str]:
     return [str(item["run_id"]) for item in items]
 
@@ -125,7 +118,7 @@ def test_a_short_page_once_is_read_again_and_the_list_is_whole(sim: UnpodSimulat
     space = space_with_runs(sim)
     sim.inject("short_page", path=f"/spaces/{space}/runs/", query={"page": "2"}, keep=3)
     assert ids(side.runs(space)) == ids(sim.space_runs(space))
-    asked = [r["query"]["page"] for r in api_requests(sim, "/runs/")]
+    asked = [r["query"]["page"] for r in unpod_requests(sim, "/runs/")]
     assert asked.count("2") == 2  # once short, once whole
     if side.kind == "async":
         assert asked == ["1", "2", "2", "3", "4"]
@@ -151,7 +144,7 @@ def test_a_list_that_keeps_disagreeing_is_a_typed_error_not_a_shorter_list(
     assert info.value.retryable
     # Every attempt asked again (the sync hook's concurrent read also fetched it once ahead).
     ahead = 1 if side.kind == "sync" and page != "1" else 0
-    assert [r["query"]["page"] for r in api_requests(sim, "/runs/")].count(page) == ATTEMPTS + ahead
+    assert [r["query"]["page"] for r in unpod_requests(sim, "/runs/")].count(page) == ATTEMPTS + ahead
 
 
 def test_a_run_that_exists_is_never_not_found_because_a_page_was_short(
@@ -288,7 +281,7 @@ def test_headers_sent_byte_by_byte_end_at_the_deadline(
     with pytest.raises(UnpodTimeoutError, match="whole exchange took over 2s") as info:
         side.runs()
     assert info.value.request_sent is True and info.value.retryable
-    assert len(api_requests(sim, "/runs/")) == ATTEMPTS
+    assert len(unpod_requests(sim, "/runs/")) == ATTEMPTS
 
 
 def test_a_create_whose_answer_trickles_is_uncertain_and_sent_once(
@@ -308,7 +301,7 @@ def test_the_test_button_is_bounded_by_its_own_deadline(
     sim.inject("header_trickle", path="/organizations/", times=None, **HEADER_TRICKLE)
     ok, message = UnpodHook().test_connection()
     assert not ok and "whole exchange took over 0.5s" in message
-    assert len(api_requests(sim, "/organizations/")) == 2  # the Test's own retry limit
+    assert len(unpod_requests(sim, "/organizations/")) == 2  # the Test's own retry limit
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +322,7 @@ def test_a_gzip_bomb_is_refused_while_it_inflates(
     finally:
         tracemalloc.stop()
     assert not info.value.retryable
-    assert len(api_requests(sim, "/runs/")) == 1
+    assert len(unpod_requests(sim, "/runs/")) == 1
     assert peak < 128 << 20  # far below the 1 GiB the body inflates to
 
 
@@ -341,7 +334,7 @@ def test_a_plain_body_over_the_cap_is_refused(
     sim.inject("big_body", path=RUNS_PATH, bytes=64 << 20, chunked=chunked, times=None)
     with pytest.raises(UnpodResponseTooLargeError):
         side.runs()
-    assert len(api_requests(sim, "/runs/")) == 1
+    assert len(unpod_requests(sim, "/runs/")) == 1
 
 
 def test_a_create_answer_over_the_cap_is_uncertain(
@@ -390,7 +383,7 @@ def test_an_untrusted_certificate_is_a_tls_error_not_retried(
     with pytest.raises(UnpodTLSError, match="TLS handshake") as info:
         side.runs()
     assert not info.value.retryable and info.value.request_sent is False
-    assert api_requests(tls) == []  # no request ever reached the server
+    assert unpod_requests(tls) == []  # no request ever reached the server
 
 
 def test_a_create_with_an_untrusted_certificate_is_not_uncertain(
@@ -440,7 +433,7 @@ def test_a_netrc_entry_for_the_host_never_replaces_the_token(
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("HOME", str(tmp_path))
     side.runs()
-    assert {r["headers"].get("authorization") for r in api_requests(sim)} == {"Token ***"}
+    assert {r["headers"].get("authorization") for r in unpod_requests(sim)} == {"Token ***"}
 
 
 def test_cookies_from_the_server_are_never_sent_back(sim: UnpodSimulator, side: Side) -> None:
@@ -448,7 +441,7 @@ def test_cookies_from_the_server_are_never_sent_back(sim: UnpodSimulator, side: 
         "extra_headers", path=RUNS_PATH, headers={"Set-Cookie": "sessionid=abc123; Path=/"}, times=None
     )
     side.runs(page_size=3)  # several pages over one client
-    logged = api_requests(sim, "/runs/")
+    logged = unpod_requests(sim, "/runs/")
     assert len(logged) > 1 and all("cookie" not in r["headers"] for r in logged)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import tenacity
-from fakes import FakeTI
+from fakes import FakeTI, set_conn, unpod_requests
 
 from unpod_provider.exceptions import (
     UnpodConnectionError,
@@ -41,14 +41,6 @@ NEVER = 3.0
 @pytest.fixture
 def sim(unpod_simulator_shared: UnpodSimulator) -> UnpodSimulator:
     return unpod_simulator_shared
-
-
-def set_conn(monkeypatch: pytest.MonkeyPatch, sim: UnpodSimulator, **extra: Any) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_UNPOD_DEFAULT", sim.connection_json(**extra))
-
-
-def unpod_requests(sim: UnpodSimulator, suffix: str = "") -> list[dict[str, Any]]:
-    return [r for r in sim.requests if r["path"].startswith("/api/") and r["path"].endswith(suffix)]
 
 
 class FakeClock:

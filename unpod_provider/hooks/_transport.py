@@ -306,23 +306,22 @@ def _adapter_class() -> type[Any]:
     import requests
     from urllib3 import connection, connectionpool
 
-    class HTTPConnection(connection.HTTPConnection):
-        def connect(self) -> None:
-            _attach(self)
-            super().connect()
+    def reporting(base: type[Any]) -> type[Any]:
+        """``base`` whose ``connect`` and ``request`` tell this thread's exchange about it."""
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            _attach(self)
-            super().request(*args, **kwargs)
+        class Reporting(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                _attach(self)
+                super().connect()
 
-    class HTTPSConnection(connection.HTTPSConnection):
-        def connect(self) -> None:
-            _attach(self)
-            super().connect()
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                _attach(self)
+                super().request(*args, **kwargs)
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            _attach(self)
-            super().request(*args, **kwargs)
+        return Reporting
+
+    HTTPConnection = reporting(connection.HTTPConnection)
+    HTTPSConnection = reporting(connection.HTTPSConnection)
 
     class HTTPPool(connectionpool.HTTPConnectionPool):
         ConnectionCls = HTTPConnection
