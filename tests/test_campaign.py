@@ -251,7 +251,6 @@ TRANSIENT = st.one_of(
     _params("rate_limit", retry_after_date=st.sampled_from([0, 1])),
     _params("server_error", status=st.sampled_from([500, 502, 503, 504]), body=BODIES),
     _params("server_error", status=st.sampled_from([502, 503]), body=BODIES, retry_after=st.just(1)),
-    _params("truncated_json", fraction=FRACTIONS),
     _params("drop_connection", fraction=FRACTIONS),
     _spec("disconnect"),
     _spec("empty_body"),
@@ -271,6 +270,8 @@ FATAL = st.one_of(
     _spec("business_error", message="There is some Validation error", errors={"page": ["invalid"]}),
     # A 404 in the middle of a list is not "past the end": the items after it must not be lost.
     _spec("http", status=404, body={"message": "Not found"}),
+    # A whole body (its Content-Length matches) that is not JSON: not retried.
+    _params("truncated_json", fraction=FRACTIONS),
     _params(
         "echo_token", status=st.sampled_from([400, 401, 302]), body=st.sampled_from(["json", "location"])
     ),
@@ -298,7 +299,7 @@ def fault_specs(draw: st.DrawFn) -> FaultSpec:
         times: int | None = draw(st.integers(1, 2) if kind == "slow" else st.integers(1, 4))
         if kind == "header_trickle":
             times = 1
-    elif kind in ("business_error", "http", "gzip_bomb") or (
+    elif kind in ("business_error", "http", "gzip_bomb", "truncated_json") or (
         kind == "echo_token" and dict(params)["status"] < 500
     ):
         times = 1
@@ -307,6 +308,10 @@ def fault_specs(draw: st.DrawFn) -> FaultSpec:
     page = draw(PAGES)
     if kind == "http" and page is None:
         page = draw(st.integers(2, 6))  # a 404 on page 1 is a genuine "not found"
+    if kind == "drop_count" and page is None:
+        # A count that drops between answers. One that is wrong the same way in every answer of
+        # a list cannot be told from a shorter list without asking past its end (not done).
+        page = draw(st.integers(1, 6))
     return FaultSpec(kind, params, draw(TARGET_NAMES), page, times, draw(SKIPS))
 
 

@@ -759,28 +759,41 @@ def test_html_502_ends_in_a_server_error_not_a_json_error(
     assert len(api.sent) == 3 and len(sleeps) == 2
 
 
-@pytest.mark.parametrize(
-    ("body", "match"),
-    [
-        (b"", "empty response body"),
-        (b'{"count": 140, "status_code": 200, "data": [{"task_id": "T1"}, {"task_id": "T', "cut off"),
-    ],
-    ids=["empty", "truncated"],
-)
-def test_empty_or_truncated_body_is_retried_then_a_typed_error(
-    api: FakeApi, hook: UnpodHook, sleeps: list[float], body: bytes, match: str
+def test_an_empty_body_is_retried_then_a_typed_error(
+    api: FakeApi, hook: UnpodHook, sleeps: list[float]
 ) -> None:
-    api.on(f"/spaces/{SPACE}/tasks/", response(200, body))
-    with pytest.raises(UnpodIncompleteResponseError, match=match) as info:
+    api.on(f"/spaces/{SPACE}/tasks/", response(200, b""))
+    with pytest.raises(UnpodIncompleteResponseError, match="empty response body"):
         hook.list_space_tasks(SPACE)
-    assert not any(isinstance(e, json.JSONDecodeError) for e in chain(info.value))
     assert len(api.sent) == hook.retry_policy.max_attempts
     assert len(sleeps) == hook.retry_policy.max_attempts - 1
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"count": 140, "status_code": 200, "data": [{"task_id": "T1"}, {"task_id": "T',
+        b'{"count": 1, "status_code": 200, "data": [{"task_id": "T1"}]} and more',
+        b'{"count": 1, "status_code": 200, "data": [{"task_id": "T\xff1"}]}',
+        b'{"count": 1, "status_code": 200, "data": [{"task_id": "T1", "cost": NaN}]}',
+    ],
+    ids=["truncated-but-whole", "trailing-garbage", "bad-utf8", "nan"],
+)
+def test_a_whole_body_that_is_not_json_is_a_protocol_error_not_retried(
+    api: FakeApi, hook: UnpodHook, sleeps: list[float], body: bytes
+) -> None:
+    """The body arrived whole (a cut one fails in the transport): the next answer would be the same."""
+    api.on(f"/spaces/{SPACE}/tasks/", response(200, body))
+    with pytest.raises(UnpodProtocolError, match="is not valid JSON") as info:
+        hook.list_space_tasks(SPACE)
+    assert not isinstance(info.value, UnpodIncompleteResponseError) and not info.value.retryable
+    assert not any(isinstance(e, json.JSONDecodeError) for e in chain(info.value))
+    assert len(api.sent) == 1 and sleeps == []
+
+
 def test_a_200_that_is_not_json_is_not_retried(api: FakeApi, hook: UnpodHook) -> None:
     api.on(f"/spaces/{SPACE}/tasks/", response(200, b"<html>maintenance</html>"))
-    with pytest.raises(UnpodProtocolError, match="is not JSON"):
+    with pytest.raises(UnpodProtocolError, match="is not valid JSON"):
         hook.list_space_tasks(SPACE)
     assert len(api.sent) == 1
 
@@ -1015,6 +1028,16 @@ def test_a_server_ignoring_page_is_detected(
     assert 4 <= len(api.sent) <= most_requests
     if max_concurrency == 1:
         assert len(api.sent) == 4
+
+
+def test_a_server_ignoring_page_without_ids_or_count_is_caught_within_a_few_pages(
+    api: FakeApi, hook: UnpodHook
+) -> None:
+    """No count and no ids: the same full page for every ``page`` used to be read 100,000 times."""
+    api.on(f"/spaces/{SPACE}/tasks/", response(200, envelope([{"name": f"call {n}"} for n in range(20)])))
+    with pytest.raises(UnpodInconsistentListError, match="page 2 repeats the page before it exactly"):
+        hook.list_space_tasks(SPACE, page_size=20)
+    assert len(api.sent) == 1 + hook.retry_policy.max_attempts  # page 1, then page 2 asked again
 
 
 # --------------------------------------------------------------------------------------------

@@ -234,12 +234,18 @@ def test_other_5xx_is_not_retried() -> None:
     ("body", "match", "retryable"),
     [
         (b"", "empty response body", True),
-        (b'{"count": 3, "status_code": 200, "data": [{"task_id": "T1"}, {"ta', "cut off", True),
-        (b"<html>ok</html>", "is not JSON", False),
+        (b'{"count": 3, "status_code": 200, "data": [{"task_id": "T1"}, {"ta', "is not valid JSON", False),
+        (b"<html>ok</html>", "is not valid JSON", False),
+        (b'{"count": 1, "data": []} trailing', "is not valid JSON", False),
+        (b'{"count": 1, "data": [{"task_id": "\xff"}]}', "is not valid JSON", False),
+        (b'{"count": 1, "data": [{"cost": Infinity}]}', "Infinity is not a JSON value", False),
+        (b'{"count": 1, "data": [{"cost": NaN}]}', "NaN is not a JSON value", False),
     ],
 )
-def test_200_with_an_empty_or_cut_body_is_a_protocol_error(body: bytes, match: str, retryable: bool) -> None:
-    """Empty and cut bodies are transient (retried); a 200 that is not JSON at all is not."""
+def test_200_with_an_empty_or_malformed_body_is_a_protocol_error(
+    body: bytes, match: str, retryable: bool
+) -> None:
+    """An empty body is transient (retried); a whole body that is not strict JSON is not."""
     with pytest.raises(UnpodProtocolError, match=match) as info:
         protocol.parse_response(200, body, expect_list=True, what="tasks of space 'S1'")
     assert not any(isinstance(e, json.JSONDecodeError) for e in chain(info.value))
@@ -587,6 +593,16 @@ def test_walk_detects_a_server_that_ignores_page() -> None:
         walk.feed(2, same)
 
 
+def test_walk_detects_a_server_that_ignores_page_without_ids_or_count() -> None:
+    same = Envelope([{"name": f"call {n}"} for n in range(20)])
+    walk = PageWalk(page_size=20, id_key="task_id", what="tasks")
+    walk.feed(1, same)
+    with pytest.raises(UnpodInconsistentListError, match="page 2 repeats the page before it exactly"):
+        walk.feed(2, same)
+    # Different content is read on: only an exact repeat is refused.
+    assert len(walk.feed(2, Envelope([{"name": f"call {n}"} for n in range(20, 25)]))) == 5 and walk.done
+
+
 def test_walk_404_past_the_first_page_ends_the_list() -> None:
     walk = PageWalk(page_size=20, id_key="task_id")
     assert walk.end_on_not_found(1) is False
@@ -637,6 +653,8 @@ BAD_IDENTIFIERS = [
     "a#b",
     None,
     42,
+    "None",  # a template whose value was None
+    "null",
 ]
 
 

@@ -141,7 +141,7 @@ def exercise_hooks(sim: UnpodSimulator, evidence: Evidence) -> None:
     run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=30, final_status="completed")
     sim.inject("server_error", status=503, body="html", times=2)
     sim.inject("rate_limit", retry_after=0, times=1)
-    sim.inject("truncated_json", path="/tasks/", times=1)
+    sim.inject("drop_connection", path="/tasks/", times=1)
     sim.inject("drop_connection", path="/runs/", times=1)
     with _hook() as hook:
         evidence.add("repr(hook)", repr(hook) + str(hook) + repr(hook.config) + str(hook.config))

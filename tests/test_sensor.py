@@ -357,6 +357,18 @@ def test_rendered_bad_value_is_refused(mocker: Any) -> None:
     find.assert_not_called()
 
 
+def test_a_template_that_renders_none_is_refused_not_sent(mocker: Any) -> None:
+    """``{{ ti.xcom_pull(...) }}`` of nothing renders "None": refused like an empty id, never sent."""
+    find = mocker.patch.object(UnpodHook, "find_run")
+    sensor = make_sensor(run_id="{{ ti.xcom_pull('start') }}")
+    context = make_context(FakeTI())
+    sensor.render_template_fields(context)
+    assert sensor.run_id == "None"
+    with pytest.raises(ValueError, match="run_id is 'None': the template that gives it rendered None"):
+        sensor.execute(context)
+    find.assert_not_called()
+
+
 # --------------------------------------------------------------------------------------------
 # reschedule mode (unit)
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import tenacity
 from fakes import FakeTI, set_conn, unpod_requests
 
 from unpod_provider.exceptions import (
+    UnpodBadRequestError,
     UnpodConnectionError,
     UnpodRateLimitError,
     UnpodServerError,
@@ -407,3 +408,40 @@ async def test_async_client_builds_its_tls_context_off_the_event_loop(
         await other.afind_run(DEMO_SPACE_TOKEN, "R" + "0" * 32)
     assert len(threads) == 1
     _transport.tls_context.cache_clear()
+
+
+def test_a_fatal_page_ends_a_concurrent_fetch_without_waiting_for_its_siblings_retries(
+    sim: UnpodSimulator,
+) -> None:
+    """Page 2 is refused (400) while page 3 waits 1 s between attempts: the fetch ends with the
+    400 at once, and page 3 is not asked for again afterwards."""
+    space = sim.add_space(n_tasks=200, name="Stops")
+    path = f"/spaces/{space}/tasks/"
+    sim.inject("http", path=path, query={"page": "2"}, status=400, body={"message": "Bad page"}, times=None)
+    sim.inject("server_error", path=path, query={"page": "3"}, status=503, retry_after=1, times=None)
+    with UnpodHook(retry_limit=5, retry_delay=0.001) as hook, pytest.raises(UnpodBadRequestError):
+        hook.list_space_tasks(space, page_size=20)
+    asked_when_it_ended = [r["query"]["page"] for r in unpod_requests(sim, path)].count("3")
+    time.sleep(2.5)  # long enough for two more of page 3's attempts, had it gone on
+    asked = [r["query"]["page"] for r in unpod_requests(sim, path)].count("3")
+    assert asked_when_it_ended <= 2 and asked <= 2  # (it used to make all 5 before the 400 was raised)
+
+
+def test_a_poke_look_never_outlives_the_sensors_timeout(sim: UnpodSimulator) -> None:
+    """timeout=1 and 503s for ever: the one look stops retrying at the timeout (it used to take
+    the whole retry budget: here 8 attempts, over 10 s of backoff)."""
+    run_id = sim.add_run(DEMO_SPACE_TOKEN, n_tasks=1, timeline=[("in_progress", 0)])
+    sim.inject("server_error", path="/runs/", status=503, body="json", times=None)
+    sensor = RunCompletedSensor(
+        task_id="wait",
+        space_token=DEMO_SPACE_TOKEN,
+        run_id=run_id,
+        mode="poke",
+        poke_interval=0.01,
+        timeout=1,
+        unpod_retry_limit=8,
+        unpod_retry_delay=0.2,
+    )
+    with pytest.raises((UnpodServerError, UnpodSensorTimeout)):
+        sensor.execute({"ti": FakeTI()})  # type: ignore[arg-type]
+    assert len(unpod_requests(sim, "/runs/")) < 8

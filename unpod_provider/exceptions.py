@@ -170,7 +170,11 @@ class UnpodProtocolError(UnpodError):
 
 
 class UnpodIncompleteResponseError(UnpodProtocolError):
-    """A 200 whose body was empty or cut off mid-JSON (a proxy or a dropped stream): retried."""
+    """A 200 whose body was empty (a proxy or a dropped stream): retried.
+
+    A body shorter than its ``Content-Length`` is a transport error (cut off, retried); a whole
+    body that is not valid JSON is a plain, non-retried ``UnpodProtocolError``.
+    """
 
     retryable = True
 

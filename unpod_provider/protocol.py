@@ -68,6 +68,9 @@ MAX_IDENTIFIER_LENGTH = 128
 #: Hard stop for a list whose server sends no ``count`` but only full pages.
 MAX_PAGES_WITHOUT_COUNT = 100_000
 _IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: What a template renders when its value is None: never an Unpod id (those are ``R``/``T`` +
+#: 32 hex, or 24 letters and digits), so refused like an empty one.
+RENDERED_NOTHING = frozenset({"None", "null"})
 
 #: Run statuses. The server keeps one status enum for runs and tasks (pending, in_progress, hold,
 #: completed, partially_completed, failed), its executor also sets scheduled and processing, and
@@ -128,6 +131,11 @@ def validate_identifier(value: Any, name: str) -> str:
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{name} must not be empty")
+    if value in RENDERED_NOTHING:
+        raise ValueError(
+            f"{name} is {value!r}: the template that gives it rendered None (e.g. an XCom or a param "
+            "that is not set)"
+        )
     if len(value) > MAX_IDENTIFIER_LENGTH:
         raise ValueError(
             f"{name} is {len(value)} characters long; at most {MAX_IDENTIFIER_LENGTH} are allowed"
@@ -557,18 +565,23 @@ class Envelope:
     status_code: int = 200
 
 
+def _refuse_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (and would fail later, in XCom): refused here."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _decode_json(body: bytes | str, what: str) -> Any:
-    """Decode a success body; a body that starts like JSON but does not parse was cut off."""
+    """Decode a whole success body; anything but strict JSON is a protocol error, not retried.
+
+    The body is complete here (a body shorter than announced fails in the transport, as cut off
+    and retried), so bad UTF-8, trailing garbage or ``NaN`` will come back the same next time.
+    """
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as err:
-        head = (body[:1] if isinstance(body, bytes) else body[:1].encode()).strip()
-        if head in (b"{", b"["):
-            raise UnpodIncompleteResponseError(
-                f"the response body for {what} was cut off (incomplete JSON)", status_code=200
-            ) from None
+        reason = str(err) if "is not a JSON value" in str(err) else type(err).__name__
         raise UnpodProtocolError(
-            f"the response body for {what} is not JSON ({type(err).__name__}): {_body_preview(body)!r}",
+            f"the response body for {what} is not valid JSON ({reason}): {_body_preview(body)!r}",
             status_code=200,
         ) from None
 
@@ -962,6 +975,8 @@ class PageWalk:
     _seen: set[str] = field(default_factory=set, repr=False)
     #: Length of a short first page seen once: the same length again means a silent size cap.
     _short_first_page: int | None = field(default=None, repr=False)
+    #: The last page's content, kept only for a list without a count.
+    _last_page_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_page_size(self.page_size)
@@ -1023,6 +1038,9 @@ class PageWalk:
                     page,
                     f"holds {n} items, but with {count} in all and {size} per page it should hold {expected}",
                 )
+        if count is None and n and page > 1 and _page_key(items) == self._last_page_key:
+            # Without a total or ids nothing else tells a server that ignores ``page``.
+            raise self._disagree(page, "repeats the page before it exactly (does the server ignore 'page'?)")
         repeated = 0
         on_page: set[str] = set()
         for item in items:
@@ -1066,6 +1084,7 @@ class PageWalk:
                     "were asked for (twice); paging with the smaller size"
                 )
 
+        self._last_page_key = _page_key(items) if envelope.count is None else None
         fresh: list[dict[str, Any]] = []
         for item in items:
             key = item.get(self.id_key)
@@ -1107,6 +1126,11 @@ class PageWalk:
             self.done = True
             return True
         return False
+
+
+def _page_key(items: Sequence[Any]) -> str:
+    """A page's content as one comparable string."""
+    return json.dumps(items, sort_keys=True, default=str)
 
 
 # --------------------------------------------------------------------------------------------

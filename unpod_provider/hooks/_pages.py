@@ -61,6 +61,7 @@ def walk_pages(
     fetch: Callable[[int, bool], Envelope],
     *,
     max_concurrency: int = 1,
+    on_stop: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield each new item of ``walk``'s list, fetching pages with ``fetch(page, checked)``.
 
@@ -71,6 +72,8 @@ def walk_pages(
     in memory, then checked and fed in order. A page that disagrees with the pages before it is
     fetched again, sequentially and checked, like every page still missing afterwards (the
     total grew while reading). A 404 past the end of the list ends it, as on stricter servers.
+    When the concurrent part ends (an error, the caller stops, Ctrl-C) ``on_stop`` is called and
+    the pages still in flight are not waited for: ``fetch`` must make no new attempt after it.
     """
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
@@ -80,7 +83,9 @@ def walk_pages(
     yield from walk.feed(page, fetch(page, True))
     planned_last = walk.max_pages()
     if max_concurrency > 1 and not walk.done and planned_last is not None and planned_last > walk.page:
-        yield from _concurrent(walk, fetch, range(walk.page + 1, planned_last + 1), max_concurrency)
+        yield from _concurrent(
+            walk, fetch, range(walk.page + 1, planned_last + 1), max_concurrency, on_stop or (lambda: None)
+        )
     while (page := walk.next_page()) is not None:
         try:
             envelope = fetch(page, True)
@@ -92,7 +97,11 @@ def walk_pages(
 
 
 def _concurrent(
-    walk: PageWalk, fetch: Callable[[int, bool], Envelope], pages: range, max_concurrency: int
+    walk: PageWalk,
+    fetch: Callable[[int, bool], Envelope],
+    pages: range,
+    max_concurrency: int,
+    on_stop: Callable[[], None],
 ) -> Iterator[dict[str, Any]]:
     window = 2 * max_concurrency
     pending: dict[int, Future[Envelope]] = {}
@@ -100,6 +109,7 @@ def _concurrent(
     executor = ThreadPoolExecutor(
         max_workers=min(max_concurrency, len(pages)), thread_name_prefix="unpod-page"
     )
+    failed = False
     try:
 
         def top_up() -> None:
@@ -129,7 +139,13 @@ def _concurrent(
             if walk.done:
                 return
             top_up()
+    except BaseException:
+        # An error, the caller gone, Ctrl-C: the siblings stop at their next attempt and are not
+        # waited for (one may be in a retry wait, or in a request bounded by its deadline).
+        failed = True
+        on_stop()
+        raise
     finally:
         for future in pending.values():
             future.cancel()
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=not failed, cancel_futures=True)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,8 @@ class UnpodHook(BaseHook):
         self._session: requests.Session | None = None
         #: Whether the documented create path answered 404/405 (then the server's path is used).
         self._documented_create_path_missing = False
+        #: Seconds the calls of a ``within`` block may take in all (None: the policy's own).
+        self._budget: float | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(unpod_conn_id={self.unpod_conn_id!r})"
@@ -155,6 +158,18 @@ class UnpodHook(BaseHook):
                 )
         return self._session
 
+    @contextlib.contextmanager
+    def within(self, seconds: float) -> Iterator[None]:
+        """Calls in this block end within about ``seconds``: retrying and every exchange are cut
+        to it (a sensor's look never outlives what is left of the sensor's timeout)."""
+        previous = self._budget
+        seconds = max(float(seconds), 0.001)
+        self._budget = seconds if previous is None else min(previous, seconds)
+        try:
+            yield
+        finally:
+            self._budget = previous
+
     def close(self) -> None:
         """Close the session (idempotent)."""
         if self._session is not None:
@@ -182,25 +197,39 @@ class UnpodHook(BaseHook):
         identifier: str | None = None,
         retryable: Callable[[BaseException], bool] | None = None,
         check: Callable[[Envelope], None] | None = None,
+        stopped: threading.Event | None = None,
     ) -> Envelope:
         """Send with the retry policy and parse the answer into an envelope.
 
         ``check`` may refuse a parsed answer (an inconsistent page): that is retried like a
-        transient failure.
+        transient failure. Once ``stopped`` is set no further attempt is made.
         """
         import tenacity
 
         from unpod_provider._retry import tenacity_kwargs
 
+        policy, config = self.retry_policy, self.config
+        if self._budget is not None:
+            policy = dataclasses.replace(
+                policy, max_total_seconds=min(policy.max_total_seconds, self._budget)
+            )
+            config = dataclasses.replace(
+                config, exchange_deadline=min(config.response_deadline, self._budget)
+            )
+
         def attempt() -> Envelope:
+            if stopped is not None and stopped.is_set():
+                raise _FetchStopped
             self._throttle.wait(sleep=tenacity.nap.sleep)
+            if stopped is not None and stopped.is_set():
+                raise _FetchStopped
             session = self.get_conn()
             status, body, headers = _transport.send(
-                session, self.config, method, path, params=params, json_body=json_body
+                session, config, method, path, params=params, json_body=json_body
             )
             try:
                 envelope = protocol.read_response(
-                    self.config,
+                    config,
                     status,
                     body,
                     headers,
@@ -213,16 +242,13 @@ class UnpodHook(BaseHook):
             except UnpodRateLimitError as err:
                 # One 429 pauses every request of this hook (concurrent pages included), never
                 # for longer than one request may spend retrying.
-                policy = self.retry_policy
                 self._throttle.pause(min(policy.delay(1, err), policy.max_total_seconds))
                 raise
             if check is not None:
                 check(envelope)
             return envelope
 
-        retrying = tenacity.Retrying(
-            **tenacity_kwargs(self.retry_policy, self.log, f"{method} {path}", retryable)
-        )
+        retrying = tenacity.Retrying(**tenacity_kwargs(policy, self.log, f"{method} {path}", retryable))
         return retrying(attempt)
 
     def _paginate(
@@ -247,6 +273,9 @@ class UnpodHook(BaseHook):
         statuses = protocol.normalize_statuses(status)
         concurrency = self.max_concurrency if max_concurrency is None else max_concurrency
         walk = PageWalk(page_size=page_size, id_key=id_key, what=what)
+        #: Set when the fetch ends (an error, the caller stopped, Ctrl-C): pages still in flight
+        #: in other threads make no further attempt.
+        stopped = threading.Event()
 
         def fetch(page: int, checked: bool) -> Envelope:
             return self._call(
@@ -258,12 +287,16 @@ class UnpodHook(BaseHook):
                 resource=resource,
                 identifier=identifier,
                 check=functools.partial(walk.check, page) if checked else None,
+                stopped=stopped,
             )
 
         def items() -> Iterator[dict[str, Any]]:
-            for item in walk_pages(walk, fetch, max_concurrency=concurrency):
-                if protocol.status_matches(item, statuses):
-                    yield item
+            try:
+                for item in walk_pages(walk, fetch, max_concurrency=concurrency, on_stop=stopped.set):
+                    if protocol.status_matches(item, statuses):
+                        yield item
+            finally:
+                stopped.set()
             for note in walk.notes:
                 self.log.warning("Unpod %s: %s", what, note)
 
@@ -547,6 +580,10 @@ class UnpodHook(BaseHook):
         finally:
             quick.close()
         return True, f"Connected to org '{config.org_handle}' ({len(spaces)} spaces)"
+
+
+class _FetchStopped(Exception):
+    """The fetch this page belonged to has ended: the page is not asked for again."""
 
 
 def _safe_to_retry_create(error: BaseException) -> bool:

@@ -135,6 +135,10 @@ def _api_error(event: dict[str, Any]) -> UnpodError:
 # --------------------------------------------------------------------------------------------
 
 
+#: However little of a wait's timeout is left, one look may take this long.
+MIN_LOOK_SECONDS = 1.0
+
+
 class RunWaitMixin:
     """Wait for one Unpod run to reach a terminal status: the looks, the verdict, the deferral.
 
@@ -195,9 +199,15 @@ class RunWaitMixin:
         return self._grace_started_at
 
     def _check(self, context: Context) -> RunCheck:
-        """Look at the run once (transient errors are retried in the hook) and decide."""
+        """Look at the run once (transient errors are retried in the hook) and decide.
+
+        The look, retries included, never outlives what is left of ``timeout`` (counted from
+        the first look) by more than ``MIN_LOOK_SECONDS``.
+        """
         grace_start = self._grace_start(context)
-        run = self.hook.find_run(self.space_token, self.run_id)
+        left = self.timeout - (time.time() - grace_start)
+        with self.hook.within(max(left, MIN_LOOK_SECONDS)):
+            run = self.hook.find_run(self.space_token, self.run_id)
         if run is not None:
             self._last_run = run
             self._last_status = protocol.run_status(run)
