@@ -2,7 +2,8 @@
 
 It is not a dependency of the provider, and it is not installed into the project's virtualenv
 either: its missing distributions are installed, without their already-present dependencies,
-into ``.venv/bench-http`` and put on the ``PYTHONPATH`` of P1's child process only.
+into ``bench-http`` inside the running virtualenv (one per Python: ``.venv/bench-http``) and put
+on the ``PYTHONPATH`` of P1's child process only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from benchmarks._common import REPO_ROOT
 
 DISTRIBUTION = "apache-airflow-providers-http"
-TARGET = REPO_ROOT / ".venv" / "bench-http"
+TARGET = Path(sys.prefix) / "bench-http"
 _PLUS = re.compile(r"^\s*\+\s*([A-Za-z0-9_.\-]+)==(\S+)\s*$")
 
 

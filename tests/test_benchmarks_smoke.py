@@ -22,6 +22,9 @@ if str(REPO_ROOT) not in sys.path:  # ``benchmarks`` is not installed; ``pytest`
 from benchmarks import _deps, p1_pages, p2_memory, p3_waits, p4_imports  # noqa: E402
 from benchmarks.run import render  # noqa: E402
 
+#: Each runs a benchmark's child processes: in make test, not in the fast lane.
+pytestmark = pytest.mark.slow
+
 
 def test_p1_same_tasks_and_one_request_per_page(tmp_path: Path) -> None:
     # The HttpOperator baseline only when its provider is already set up (no install here).

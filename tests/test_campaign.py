@@ -733,6 +733,7 @@ REGRESSIONS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fast_retries", "campaign_conn")
 def test_fault_campaign(
     campaign_sim: UnpodSimulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]

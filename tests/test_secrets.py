@@ -330,6 +330,7 @@ def test_token_appears_only_in_the_authorization_header(
     assert SECRET in unmasked and WRONG in unmasked
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("unmasked", "fast_retries")
 def test_fault_campaign_never_exposes_the_token(
     tmp_path: Path,

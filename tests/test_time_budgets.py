@@ -325,6 +325,7 @@ def slow_spaces(unpod_simulator: UnpodSimulator) -> Iterator[tuple[UnpodSimulato
     sim.latency = 0.0
 
 
+@pytest.mark.slow
 async def test_fifty_triggers_progress_together_against_a_slow_server(
     slow_spaces: tuple[UnpodSimulator, list[tuple[str, str]]],
 ) -> None:
