@@ -175,23 +175,25 @@ def test_the_create_path_that_worked_is_remembered(sim: UnpodSimulator) -> None:
 
 
 def test_a_400_with_field_errors_names_them(sim: UnpodSimulator) -> None:
+    errors = {"detail": "Scheduled time must be in the future."}  # the real server's shape
     body = {
-        "message": "Task Creation Failed",
-        "errors": "Scheduled time must be in the future.",
         "status_code": 400,
+        "message": "Task Creation Failed",
+        "data": {"errors": errors},
+        "errors": errors,
     }
     sim.inject("http", path="/tasks/", method="POST", status=400, body=body)
     with UnpodHook() as hook, pytest.raises(UnpodBadRequestError) as info:
         hook.create_run(DEMO_SPACE_TOKEN, pilot=DEMO_AGENT_HANDLE, context="Follow up", documents=CONTACTS)
-    assert "Task Creation Failed (Scheduled time must be in the future.)" in str(info.value)
-    assert info.value.errors == "Scheduled time must be in the future."
+    assert "Task Creation Failed (detail: Scheduled time must be in the future.)" in str(info.value)
+    assert info.value.errors == errors
     assert sim.create_count == 0
 
 
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"documents": []}, "No documents"),
+        ({"documents": []}, "No tasks provided and filters missing in data"),
         (
             {"schedule": {"type": "custom", "calling_date": "2020-01-01", "calling_time": "10:00"}},
             "in the future",
@@ -209,8 +211,32 @@ def test_the_simulator_refuses_what_the_server_refuses_with_400(
         timeout=10,
     )
     assert answer.status_code == 400
-    assert answer.json()["message"] == "Task Creation Failed" and says in answer.json()["errors"]
+    assert answer.json()["message"] == "Task Creation Failed" and says in answer.json()["errors"]["detail"]
     assert sim.create_count == 0
+
+
+def test_a_numeric_document_id_is_sent_as_the_string_the_server_wants(sim: UnpodSimulator) -> None:
+    """The server stores it as the task's ref_id, a string: 7 would be a 422 there."""
+    documents = [{"name": "Numeric", "contact_number": "+15550000600", "document_id": 7}]
+    with UnpodHook() as hook:
+        hook.create_run(DEMO_SPACE_TOKEN, pilot=DEMO_AGENT_HANDLE, context="Follow up", documents=documents)
+    (sent,) = [r for r in sim.requests if r["method"] == "POST" and r["status"] == 200]
+    assert sent["body"]["documents"][0]["document_id"] == "7"
+
+
+def test_a_422_names_what_the_server_refused(sim: UnpodSimulator) -> None:
+    detail = [
+        {
+            "type": "string_type",
+            "loc": ["body", "tasks", 0, "ref_id"],
+            "msg": "Input should be a valid string",
+        }
+    ]
+    body = {"message": "Task Creation Failed", "errors": {"detail": detail}}
+    sim.inject("http", path="/tasks/", method="POST", status=422, body=body)
+    with UnpodHook() as hook, pytest.raises(UnpodBadRequestError, match="HTTP 422") as info:
+        hook.create_run(DEMO_SPACE_TOKEN, pilot=DEMO_AGENT_HANDLE, context="Follow up", documents=CONTACTS)
+    assert "Input should be a valid string" in str(info.value) and info.value.errors == {"detail": detail}
 
 
 def test_the_simulator_answers_page_zero_like_the_server(sim: UnpodSimulator) -> None:

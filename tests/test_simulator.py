@@ -530,7 +530,7 @@ def test_create_run_validation_206(api: Api) -> None:
         path, {"pilot": DEMO_AGENT_HANDLE, "context": "x", "documents": documents(1), "schedule": past}
     )
     assert bad_schedule.status_code == 400  # as the real server: "Scheduled time must be in the future."
-    assert "in the future" in bad_schedule.json()["errors"]
+    assert "in the future" in bad_schedule.json()["errors"]["detail"]
     unknown_pilot = api.post(path, {"pilot": "nobody", "context": "x", "documents": documents(1)})
     assert unknown_pilot.status_code == 206 and unknown_pilot.json()["status_code"] == 206
     assert "pilot" in unknown_pilot.json()["errors"]

@@ -750,13 +750,14 @@ def raise_for_response(
             status_code=404,
             server_message=server_message,
         )
-    if status_code == 400:
+    if status_code in (400, 422):
         errors = _server_errors(payload)
         detail = format_field_errors(errors)
         raise UnpodBadRequestError(
-            f"Unpod refused {what} as a bad request (HTTP 400){suffix}" + (f" ({detail})" if detail else ""),
+            f"Unpod refused {what} as a bad request (HTTP {status_code}){suffix}"
+            + (f" ({detail})" if detail else ""),
             errors=errors,
-            status_code=400,
+            status_code=status_code,
             server_message=server_message,
         )
     if status_code == 429:
@@ -1138,6 +1139,9 @@ def _page_key(items: Sequence[Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_FRACTION_RE = re.compile(r"(?<=:\d\d)\.(\d+)")
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """Parse the server's UTC timestamps (``2025-11-30T17:51:52``, with fractions, ``Z`` or offset).
 
@@ -1148,6 +1152,8 @@ def parse_timestamp(value: Any) -> datetime | None:
     text = value.strip().replace(" ", "T", 1)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    # Python 3.10's fromisoformat takes only 3 or 6 fraction digits: always give it 6.
+    text = _FRACTION_RE.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -1313,6 +1319,10 @@ def validate_document(document: Any, index: int, *, where: str | None = None) ->
     doc = dict(document)
     if isinstance(number, int):
         doc["contact_number"] = str(number)
+    for key in ("document_id", "id"):  # the server's ref_id is a string: it refuses 7 with a 422
+        value = doc.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            doc[key] = str(value)
     return doc
 
 

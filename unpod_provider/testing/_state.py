@@ -479,7 +479,7 @@ class SimState:
             now = datetime.fromtimestamp(self.now(), timezone.utc)
             # What the real server's task service refuses with 400 "Task Creation Failed".
             if body.get("documents") == [] and not body.get("filters"):
-                return _creation_failed("No documents or filters given to create tasks from.")
+                return _creation_failed("No tasks provided and filters missing in data")
             if _custom_schedule_in_past(body.get("schedule"), now):
                 return _creation_failed("Scheduled time must be in the future.")
             try:
@@ -670,7 +670,13 @@ def _field_of(message: str) -> str:
 
 def _creation_failed(message: str) -> tuple[int, dict[str, Any]]:
     """The real server's 400 for a create its task service refuses."""
-    return 400, {"status_code": 400, "message": "Task Creation Failed", "errors": message, "data": {}}
+    errors = {"detail": message}
+    return 400, {
+        "status_code": 400,
+        "message": "Task Creation Failed",
+        "data": {"errors": errors},
+        "errors": errors,
+    }
 
 
 def _custom_schedule_in_past(schedule: Any, now: datetime) -> bool:
