@@ -482,8 +482,11 @@ def test_dropped_connection_is_retried(
     sim.inject(kind, path=f"/spaces/{DEMO_SPACE_TOKEN}/tasks/", query={"page": "2"})
     got = hook.list_space_tasks(DEMO_SPACE_TOKEN, page_size=50)
     assert ids(got) == ids(sim.space_tasks(DEMO_SPACE_TOKEN))
-    assert pages(sim, f"/spaces/{DEMO_SPACE_TOKEN}/tasks/") == [1, 2, 2, 3]
-    assert len(sleeps) == 1
+    requested = pages(sim, f"/spaces/{DEMO_SPACE_TOKEN}/tasks/")
+    # Page 2 cut once and asked again; page 3 may be asked again too if its pooled connection
+    # was the one that broke (concurrent pages, any order); nothing past the end.
+    assert sorted(set(requested)) == [1, 2, 3] and requested.count(2) == 2 and requested.count(1) == 1
+    assert 1 <= len(sleeps) <= 2
 
 
 @pytest.mark.parametrize("kind", ["drop_connection", "disconnect"])
