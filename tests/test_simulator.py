@@ -1469,3 +1469,18 @@ def test_cli_tls(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_the_simulator_takes_no_path_builder_or_validator_from_the_client() -> None:
+    """It is the oracle the client is tested against: a wrong client path or rule must fail."""
+    import ast
+
+    allowed = {"is_loopback_host"}  # where the simulator may listen, not a rule of the API
+    testing = Path(__file__).resolve().parent.parent / "unpod_provider" / "testing"
+    for module in ("_app.py", "_state.py", "_model.py", "_faults.py", "_server.py", "__main__.py"):
+        tree = ast.parse((testing / module).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "unpod_provider.protocol":
+                assert {alias.name for alias in node.names} <= allowed, (module, ast.dump(node))
+            if isinstance(node, ast.ImportFrom) and node.module == "unpod_provider":
+                assert "protocol" not in {alias.name for alias in node.names}, module

@@ -2,8 +2,8 @@
 
 Three layers:
 
-- FastAPI routes for the Unpod API (paths from :mod:`unpod_provider.protocol`, behaviour of the
-  real server: envelopes, 206/400/401/404 bodies, pagination, create-run validation);
+- FastAPI routes for the Unpod API (paths written out, behaviour of the real server: envelopes,
+  206/400/401/404 bodies, pagination, create-run validation, none of it taken from the client);
 - FastAPI routes for the ``/_sim/`` control API (no Unpod token needed);
 - a raw ASGI middleware in front of both that logs every Unpod request (never the token),
   redirects slash-less paths (301, like Django's APPEND_SLASH) and injects faults, including
@@ -31,7 +31,6 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from unpod_provider import protocol
 from unpod_provider.testing._faults import Fault
 from unpod_provider.testing._state import SimState
 
@@ -45,24 +44,20 @@ CONTROL_PREFIX = "/_sim"
 LOGGED_HEADERS = ("org-handle", "accept", "content-type", "user-agent", "cookie")
 MAX_LOGGED_BODY = 1_000_000
 
-# Route templates derived from the protocol module (one truth about the paths).
-_S, _R = "SIMSPACETOKEN", "SIMRUNID"
-
-
-def _template(path: str) -> str:
-    """A protocol path with placeholders turned into FastAPI path parameters."""
-    return path.replace(_S, "{space_token}").replace(_R, "{run_id}")
-
-
+#: The server's API prefix and routes, written out here: the simulator is an oracle for the
+#: client, so it takes none of the client's path builders (a wrong client path must fail).
+API_PREFIX = "/api/v2/platform/"
+#: The real server's page size when a request sends none.
+SERVER_DEFAULT_PAGE_SIZE = 50
 ROUTES: dict[str, str] = {
-    "organizations": protocol.organizations_path(),
-    "spaces": protocol.spaces_path(),
-    "space": _template(protocol.space_path(_S)),
-    "space_tasks": _template(protocol.space_tasks_path(_S)),
-    "space_runs": _template(protocol.space_runs_path(_S)),
-    "run_tasks": _template(protocol.run_tasks_path(_S, _R)),
-    "create_docs": _template(protocol.create_run_paths(_S)[0]),
-    "create_server": _template(protocol.create_run_paths(_S)[1]),
+    "organizations": "/api/v2/platform/organizations/",
+    "spaces": "/api/v2/platform/spaces/",
+    "space": "/api/v2/platform/spaces/{space_token}/",
+    "space_tasks": "/api/v2/platform/spaces/{space_token}/tasks/",
+    "space_runs": "/api/v2/platform/spaces/{space_token}/runs/",
+    "run_tasks": "/api/v2/platform/spaces/{space_token}/runs/{run_id}/tasks/",
+    "create_docs": "/api/v2/platform/spaces/{space_token}/tasks/create/",
+    "create_server": "/api/v2/platform/spaces/{space_token}/tasks/",
 }
 
 DJANGO_404_HTML = (
@@ -242,7 +237,7 @@ class SimulatorMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The API itself, behind Django's APPEND_SLASH: slash-less paths get a 301."""
         path = scope["path"]
-        if path.startswith(protocol.API_PREFIX.rstrip("/")) and not path.endswith("/"):
+        if path.startswith(API_PREFIX.rstrip("/")) and not path.endswith("/"):
             raw_path = scope.get("raw_path") or path.encode("utf-8")
             location = raw_path + b"/"
             if scope.get("query_string"):
@@ -282,9 +277,9 @@ class SimulatorMiddleware:
 
     def _append(self, params: dict[str, Any], path: str) -> None:
         """Add items to the request's space (or run) before it is answered."""
-        if not path.startswith(protocol.API_PREFIX):
+        if not path.startswith(API_PREFIX):
             return
-        parts = path[len(protocol.API_PREFIX) :].strip("/").split("/")
+        parts = path[len(API_PREFIX) :].strip("/").split("/")
         if len(parts) < 2 or parts[0] != "spaces" or self.state.space(parts[1]) is None:
             return
         token, n = parts[1], params["n"]
@@ -878,7 +873,7 @@ def create_app(state: SimState) -> ASGIApp:
         space = state.space(space_token)
         if space is None:
             return invalid_space()
-        default = 20 if state.docs_mode else protocol.SERVER_DEFAULT_PAGE_SIZE
+        default = 20 if state.docs_mode else SERVER_DEFAULT_PAGE_SIZE
         page, limit, offset = window(request, default)
         summary_status = request.query_params.get("status")
         total, items = state.space_tasks_page(space, offset, limit, summary_status=summary_status)
@@ -891,7 +886,7 @@ def create_app(state: SimState) -> ASGIApp:
         space = state.space(space_token)
         if space is None:
             return invalid_space()
-        page, limit, offset = window(request, protocol.SERVER_DEFAULT_PAGE_SIZE)
+        page, limit, offset = window(request, SERVER_DEFAULT_PAGE_SIZE)
         total, items = state.runs_page(space, offset, limit)
         return listing(page, offset, total, items, "Runs Fetched Successfully")
 
@@ -902,7 +897,7 @@ def create_app(state: SimState) -> ASGIApp:
         space = state.space(space_token)
         if space is None:
             return invalid_space()
-        page, limit, offset = window(request, protocol.SERVER_DEFAULT_PAGE_SIZE)
+        page, limit, offset = window(request, SERVER_DEFAULT_PAGE_SIZE)
         total, items = state.run_tasks_page(space, run_id, offset, limit)
         return listing(page, offset, total, items, "Tasks Fetched Successfully")
 

@@ -10,13 +10,13 @@ import copy
 import itertools
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from unpod_provider import protocol
 from unpod_provider.testing._faults import PRE_KINDS, Fault
 from unpod_provider.testing._model import (
     DEFAULT_TIMELINE,
@@ -174,7 +174,8 @@ class SimState:
             number = next(self._space_seq)
             if token is None:
                 token = space_token_for(self.seed, "space", number)
-            protocol.validate_identifier(token, "space token")
+            if not isinstance(token, str) or not _SPACE_TOKEN_RE.fullmatch(token):
+                raise ValueError(f"space token {token!r} must be 1-128 ASCII letters, digits, '_' or '-'")
             if token in self.spaces:
                 raise ValueError(f"space token {token!r} already exists")
             name = name or f"Space {number}"
@@ -402,7 +403,7 @@ class SimState:
                 everything = [
                     task
                     for task in self._iter_space_tasks(space, 0, None, now)
-                    if protocol.get_path(task, "output.post_call_data.summary.status") == summary_status
+                    if _summary_status(task) == summary_status
                 ]
                 end = None if limit is None else offset + limit
                 return len(everything), everything[offset:end]
@@ -482,24 +483,18 @@ class SimState:
                 return _creation_failed("No tasks provided and filters missing in data")
             if _custom_schedule_in_past(body.get("schedule"), now):
                 return _creation_failed("Scheduled time must be in the future.")
-            try:
-                checked = protocol.build_create_run_body(
-                    pilot=body["pilot"],
-                    context=body["context"],
-                    documents=body["documents"],
-                    filters=body.get("filters"),
-                )
-                schedule = protocol.validate_schedule(body.get("schedule"), now=now)
-            except ValueError as err:
-                return _validation_error({_field_of(str(err)): [str(err)]})
+            checked, problems = _check_create_body(body)
+            if problems:
+                return _validation_error(problems)
             pilot = checked["pilot"]
             if pilot not in space.agent_handles():
                 payload = _validation_error({"pilot": [f"Agent '{pilot}' is not an agent of this space."]})[1]
                 payload["message"] = "Invalid Pilot"
                 return 206, payload
             timeline = list(self.default_timeline)
+            schedule = checked["schedule"]
             if schedule["type"] == "custom":
-                when = protocol.parse_timestamp(f"{schedule['calling_date']}T{schedule['calling_time']}")
+                when = _custom_time(schedule)
                 delay = max(0.0, (when.timestamp() if when else self.now()) - self.now())
                 timeline = [("scheduled", 0.0), ("in_progress", delay), ("completed", delay + 4.0)]
             elif schedule["type"] == "auto":
@@ -659,13 +654,79 @@ def _validation_error(errors: Any) -> tuple[int, dict[str, Any]]:
     }
 
 
-def _field_of(message: str) -> str:
-    """The body field a validation message is about (``"documents[0] ..."`` -> ``documents``)."""
-    head = message.split(" ", 1)[0].split("[", 1)[0].strip("():")
-    fields = ("pilot", "context", "documents", "schedule", "filters")
-    if head in fields:
-        return head
-    return next((name for name in fields if name in message), "non_field_errors")
+_SPACE_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SCHEDULE_TYPES = ("now", "auto", "custom")
+
+
+def _summary_status(task: Mapping[str, Any]) -> Any:
+    """``output.post_call_data.summary.status`` of a task (what the server's ``status`` filters)."""
+    value: Any = task
+    for key in ("output", "post_call_data", "summary", "status"):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _custom_time(schedule: Mapping[str, Any]) -> datetime | None:
+    """The UTC time of a custom schedule, or None when it is not a date and a time."""
+    day, clock = schedule.get("calling_date"), schedule.get("calling_time")
+    if not isinstance(day, str) or not isinstance(clock, str):
+        return None
+    try:
+        when = datetime.fromisoformat(f"{day.strip()}T{clock.strip()}")
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _check_create_body(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The simulator's own check of a create body (not the client's): ``(cleaned, field errors)``.
+
+    Stricter than the real server in one way, on purpose: a contact needs a contact_number or
+    an email (the real server would make a task that cannot call anyone).
+    """
+    problems: dict[str, list[str]] = {}
+    pilot, context, documents = body.get("pilot"), body.get("context"), body.get("documents")
+    if not isinstance(pilot, str) or any(ord(ch) < 32 for ch in pilot):
+        problems["pilot"] = ["Not a valid string."]
+    if not isinstance(context, str):
+        problems["context"] = ["Not a valid string."]
+    cleaned_documents: list[dict[str, Any]] = []
+    if not isinstance(documents, list):
+        problems["documents"] = [f'Expected a list of items but got type "{type(documents).__name__}".']
+    else:
+        for index, document in enumerate(documents):
+            if not isinstance(document, Mapping):
+                problems.setdefault("documents", []).append(f"Item {index}: expected a dictionary of items.")
+                continue
+            number, email = document.get("contact_number"), document.get("email")
+            has_number = (
+                isinstance(number, (str, int)) and not isinstance(number, bool) and str(number).strip()
+            )
+            if not has_number and not (isinstance(email, str) and "@" in email):
+                problems.setdefault("documents", []).append(
+                    f"Item {index}: a contact needs a contact_number or an email."
+                )
+                continue
+            cleaned_documents.append(dict(document))
+    schedule = body.get("schedule")
+    if schedule is None:
+        schedule = {"type": "now"}
+    elif isinstance(schedule, str):
+        schedule = {"type": schedule}
+    if not isinstance(schedule, Mapping) or schedule.get("type") not in SCHEDULE_TYPES:
+        problems["schedule"] = [f"type must be one of {', '.join(SCHEDULE_TYPES)}."]
+    elif schedule["type"] == "custom" and _custom_time(schedule) is None:
+        problems["schedule"] = ["calling_date (YYYY-MM-DD) and calling_time (HH:MM) are required."]
+    filters = body.get("filters")
+    if filters is not None and not isinstance(filters, Mapping):
+        problems["filters"] = ["Expected a dictionary of items."]
+    cleaned = {
+        "pilot": pilot.strip() if isinstance(pilot, str) else pilot,
+        "context": context,
+        "documents": cleaned_documents,
+        "schedule": dict(schedule) if isinstance(schedule, Mapping) else schedule,
+    }
+    return cleaned, problems
 
 
 def _creation_failed(message: str) -> tuple[int, dict[str, Any]]:
@@ -683,11 +744,5 @@ def _custom_schedule_in_past(schedule: Any, now: datetime) -> bool:
     """Whether ``schedule`` is a custom date and time that is not in the future."""
     if not isinstance(schedule, Mapping) or schedule.get("type") != "custom":
         return False
-    day, clock = schedule.get("calling_date"), schedule.get("calling_time")
-    if not isinstance(day, str) or not isinstance(clock, str):
-        return False
-    try:
-        when = datetime.fromisoformat(f"{day.strip()}T{clock.strip()}")
-    except ValueError:
-        return False
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)) <= now
+    when = _custom_time(schedule)
+    return when is not None and when <= now
