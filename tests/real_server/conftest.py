@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 from realkit import SUITE_DIR, TALLY, Kit, Tally, env_true, in_ci, kit_dir, server_home
 
+from unpod_provider.testing.dag_runner import kill_process_group
+
 START_TIMEOUT = 1500.0  # a cold setup installs Debian packages and a ~400 MB venv
 STOP_TIMEOUT = 180.0
 TEST_TIMEOUT = 900  # per test; the first one also pays the kit's start
@@ -108,17 +110,6 @@ def _kit_env(home: Path) -> dict[str, str]:
     return {**os.environ, "UNPOD_SERVER_HOME": str(home)}
 
 
-def _kill_group(process: subprocess.Popen[Any]) -> None:
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _run_script(script: Path, home: Path, *, timeout: float, stderr_path: Path) -> tuple[int, str]:
     """``bash script`` in its own process group (killed as a whole on timeout or Ctrl-C)."""
     with stderr_path.open("w", encoding="utf-8") as stderr:
@@ -134,10 +125,10 @@ def _run_script(script: Path, home: Path, *, timeout: float, stderr_path: Path) 
         try:
             stdout, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            kill_process_group(process)
             raise KitStartError(f"{script.name} did not finish within {timeout:.0f}s") from None
         except BaseException:
-            _kill_group(process)
+            kill_process_group(process)
             raise
     return process.returncode, stdout or ""
 

@@ -434,10 +434,10 @@ def _run(
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(process)
+        kill_process_group(process)
         stdout, stderr = process.communicate()
     except BaseException:  # Ctrl-C or anything else: never leave Airflow running behind
-        _kill_group(process)
+        kill_process_group(process)
         process.communicate()
         raise
     return _Completed(
@@ -449,7 +449,7 @@ def _run(
     )
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+def kill_process_group(process: subprocess.Popen[Any]) -> None:
     """SIGTERM the process group, then SIGKILL it if it is still there after 10 seconds."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -507,6 +507,7 @@ __all__ = [
     "DagTestError",
     "DagTestResult",
     "DagTestRunner",
+    "kill_process_group",
     "run_dag_test",
     "timeline_on_first_look",
 ]
