@@ -107,7 +107,10 @@ class FakeSpaces:
 async def test_waits_on_one_space_share_one_lookup_per_look(mocker: Any) -> None:
     fake = FakeSpaces({SPACE_A: [run_id(n) for n in range(10)]})
     fake.install(mocker)
-    results = await asyncio.gather(*(collect(make_trigger(SPACE_A, n)) for n in range(10)))
+    # A 1 s poll interval gathers looks for 50 ms (0.05 s gave 2.5 ms: on a loaded machine a
+    # trigger could start its look after the batch had closed, and make a lookup of its own).
+    triggers = [make_trigger(SPACE_A, n, poll_interval=1.0) for n in range(10)]
+    results = await asyncio.gather(*(collect(trigger) for trigger in triggers))
     for n, events in enumerate(results):
         assert len(events) == 1
         assert events[0]["status"] == "success"
